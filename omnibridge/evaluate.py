@@ -1,0 +1,45 @@
+"""Retrieval evaluation with multi-positive ranks.
+
+Text->image: one query per distinct caption; its positives are every image it is paired with, and the query
+counts as a hit at K when the best-ranked of them is in the top K. Image->text: one query per image; positives
+are its captions.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .data import Pairs
+from .retrieval import RetrievalModel
+
+KS = (1, 5, 10)
+
+
+def recall_at_k(sims: np.ndarray, positives: list[set[int]], ks=KS) -> dict[str, float]:
+    """sims: queries x candidates. The rank of a query is the best rank among its positives."""
+    order = np.argsort(-sims, axis=1, kind="stable")
+    ranks = np.empty(len(sims), dtype=np.int64)
+    for q, pos in enumerate(positives):
+        hit = np.isin(order[q], list(pos))
+        ranks[q] = int(np.argmax(hit))
+    return {f"r{k}": round(float((ranks < k).mean()), 4) for k in ks}
+
+
+def evaluate(model: RetrievalModel, pairs: Pairs, batch_size: int = 32) -> dict:
+    texts = sorted(set(pairs.captions))
+    t_index = {t: i for i, t in enumerate(texts)}
+    images = [pairs.load_image(i) for i in range(len(pairs.images))]
+    img = model.encode_images(images, batch_size=batch_size)  # m D
+    txt = model.encode_texts(texts, batch_size=batch_size)  # n D
+    t2i_pos = [set() for _ in texts]
+    i2t_pos = [set() for _ in images]
+    for cap, im in zip(pairs.captions, pairs.caption_image):
+        t2i_pos[t_index[cap]].add(im)
+        i2t_pos[im].add(t_index[cap])
+    sims = txt @ img.T  # n m
+    return {
+        "t2i": recall_at_k(sims, t2i_pos),
+        "i2t": recall_at_k(sims.T, i2t_pos),
+        "queries": len(texts),
+        "images": len(images),
+    }

@@ -1,0 +1,186 @@
+"""Stage-2 latent-space alignment: train the aligner on captioned images with the backbone frozen.
+
+Legend: b batch, n tokens, i backbone width, v views per image.
+
+1. Encode every image (original + `views - 1` augmented views) and every distinct caption once with the frozen
+   backbone; keep the token states on the CPU in float16.
+2. For each epoch, shuffle the captions (seeded); each caption meets one random view of its image.
+3. Optimise the multi-positive contrastive loss with AdamW and a cosine schedule.
+4. After every epoch write the checkpoint and the training state (safetensors + JSON), so `resume` continues
+   from the last finished epoch and gives the same result as an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+from safetensors.torch import load_file, save_file
+from tqdm.auto import tqdm
+
+from .augment import random_view
+from .checkpoint import save_checkpoint
+from .data import Pairs
+from .losses import ContrastiveLoss
+from .retrieval import BlendConfig, RetrievalModel, caption_prototypes
+
+
+@dataclass
+class AlignConfig:
+    epochs: int = 10
+    batch_size: int = 64
+    lr: float = 1e-3
+    weight_decay: float = 0.05
+    views: int = 4  # cached views per image: the original and views-1 augmented ones
+    seed: int = 0
+    t2t_weight: float = 0.05
+    encode_batch_size: int = 32
+
+
+@dataclass
+class Cached:
+    states: list[torch.Tensor]  # per item: n i float16
+    shared: torch.Tensor | None  # items s
+
+    def batch(self, idx: list[int], device) -> tuple[torch.Tensor, torch.Tensor]:
+        seqs = [self.states[i] for i in idx]
+        n = max(s.shape[0] for s in seqs)
+        x = torch.zeros(len(seqs), n, seqs[0].shape[1])  # b n i
+        mask = torch.zeros(len(seqs), n, dtype=torch.bool)
+        for j, s in enumerate(seqs):
+            x[j, : len(s)] = s.float()
+            mask[j, : len(s)] = True
+        return x.to(device), mask.to(device)
+
+
+def _cache(encode, items: list, batch_size: int, desc: str, progress: bool) -> Cached:
+    states, shared = [], []
+    for i in tqdm(range(0, len(items), batch_size), desc=desc, disable=not progress, unit="batch"):
+        f = encode(items[i : i + batch_size])
+        for s, m in zip(f.states.cpu(), f.mask.cpu()):
+            states.append(s[m].half())
+        if f.shared is not None:
+            shared.append(f.shared.cpu())
+    return Cached(states, torch.cat(shared) if shared else None)
+
+
+def encode_pairs(model: RetrievalModel, pairs: Pairs, cfg: AlignConfig, progress: bool = True):
+    """Frozen-backbone features: image views (v x images) and distinct captions."""
+    rng = random.Random(cfg.seed)
+    originals = [pairs.load_image(i) for i in range(len(pairs.images))]
+    views = []
+    for v in range(cfg.views):
+        ims = originals if v == 0 else [random_view(im, rng) for im in originals]
+        views.append(_cache(model.backbone.encode_images, ims, cfg.encode_batch_size, f"images view {v + 1}/{cfg.views}", progress))
+    texts = sorted(set(pairs.captions))
+    cached_texts = _cache(model.backbone.encode_texts, texts, cfg.encode_batch_size, "captions", progress)
+    return views, texts, cached_texts
+
+
+def align(
+    model: RetrievalModel,
+    pairs: Pairs,
+    out: str | Path,
+    cfg: AlignConfig,
+    resume: bool = False,
+    progress: bool = True,
+    on_epoch: Callable[[int, float], None] | None = None,
+) -> RetrievalModel:
+    out = Path(out)
+    torch.manual_seed(cfg.seed)
+    device = model.device
+    aligner = model.aligner.to(device)
+    params = aligner.retrieval_parameters()
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    steps_per_epoch = max(1, -(-len(pairs.captions) // cfg.batch_size))
+    sched = torch.optim.lr_scheduler.OneCycleLR(
+        opt, max_lr=cfg.lr, total_steps=cfg.epochs * steps_per_epoch, pct_start=0.1, anneal_strategy="cos"
+    )
+    start_epoch = 0
+    if resume and (out / "train_state.json").is_file():
+        start_epoch = _load_state(out, aligner, opt, sched, cfg)
+
+    views, texts, cached_texts = encode_pairs(model, pairs, cfg, progress)
+    text_index = {t: i for i, t in enumerate(texts)}
+    cap_ids = torch.tensor([text_index[c] for c in pairs.captions])
+    id_of = {x: i for i, x in enumerate(dict.fromkeys(pairs.image_ids))}
+    img_ids = torch.tensor([id_of[pairs.image_ids[j]] for j in pairs.caption_image])
+    loss_fn = ContrastiveLoss(cfg.t2t_weight)
+
+    for epoch in range(start_epoch, cfg.epochs):
+        torch.manual_seed(cfg.seed * 1000 + epoch)  # per-epoch streams (dropout, order): resuming replays exactly
+        g = torch.Generator().manual_seed(cfg.seed * 1000 + epoch)
+        order = torch.randperm(len(pairs.captions), generator=g)
+        view_of = torch.randint(0, cfg.views, (len(pairs.captions),), generator=g)
+        aligner.train()
+        total, bar = 0.0, tqdm(range(steps_per_epoch), desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not progress)
+        for step in bar:
+            idx = order[step * cfg.batch_size : (step + 1) * cfg.batch_size]
+            if len(idx) < 2:
+                continue
+            images = [pairs.caption_image[i] for i in idx.tolist()]
+            x_img, m_img = _views_batch(views, images, view_of[idx].tolist(), device)
+            x_txt, m_txt = cached_texts.batch(cap_ids[idx].tolist(), device)
+            e_img = aligner.encode_image(x_img, m_img)["embeds"]  # b e
+            e_txt = aligner.encode_text(x_txt, m_txt)["embeds"]  # b e
+            loss = loss_fn(e_img, e_txt, img_ids[idx].to(device), aligner.logit_scale, cap_ids[idx].to(device))
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            opt.step()
+            sched.step()
+            with torch.no_grad():
+                aligner.logit_scale.clamp_(0, 4.6052)  # temperature >= 0.01 (the official scale is unclamped)
+            total += loss.item()
+            bar.set_postfix(loss=f"{loss.item():.4f}")
+        mean_loss = total / steps_per_epoch
+        aligner.eval()
+        model.blend = BlendConfig(trained=True)
+        if cached_texts.shared is not None:
+            model.prototypes = caption_prototypes(cached_texts.shared, seed=cfg.seed)
+        save_checkpoint(model, out, {"training": {**asdict(cfg), "epochs_done": epoch + 1, "loss": mean_loss,
+                                                 "pairs": len(pairs.captions), "images": len(pairs.images)}})
+        _save_state(out, aligner, opt, sched, epoch + 1, cfg)
+        if on_epoch:
+            on_epoch(epoch + 1, mean_loss)
+    return model
+
+
+def _views_batch(views: list[Cached], images: list[int], view_ids: list[int], device):
+    seqs = Cached([views[v].states[i] for i, v in zip(images, view_ids)], None)
+    return seqs.batch(list(range(len(images))), device)
+
+
+def _save_state(out: Path, aligner, opt, sched, epochs_done: int, cfg: AlignConfig) -> None:
+    tensors = {}
+    for k, state in opt.state_dict()["state"].items():
+        for name, v in state.items():
+            tensors[f"opt.{k}.{name}"] = torch.as_tensor(v).detach().cpu().contiguous()
+    save_file(tensors, str(out / "train_state.safetensors"))
+    meta = {"epochs_done": epochs_done, "config": asdict(cfg), "scheduler": sched.state_dict(),
+            "param_groups": opt.state_dict()["param_groups"]}
+    (out / "train_state.json").write_text(json.dumps(meta, default=str) + "\n")
+
+
+def _load_state(out: Path, aligner, opt, sched, cfg: AlignConfig) -> int:
+    from .checkpoint import read_checkpoint_config
+
+    meta = json.loads((out / "train_state.json").read_text())
+    if meta["config"] != asdict(cfg):
+        diff = {k: (meta["config"].get(k), v) for k, v in asdict(cfg).items() if meta["config"].get(k) != v}
+        raise ValueError(f"cannot resume {out}: settings differ from the interrupted run {diff} (was, now)")
+    read_checkpoint_config(out)
+    tensors = load_file(str(out / "model.safetensors"))
+    tensors.pop("prototypes", None)
+    aligner.load_state_dict(tensors)
+    state: dict = {}
+    for key, v in load_file(str(out / "train_state.safetensors")).items():
+        _, k, name = key.split(".", 2)
+        state.setdefault(int(k), {})[name] = v
+    opt.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+    sched.load_state_dict(meta["scheduler"])
+    return meta["epochs_done"]

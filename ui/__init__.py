@@ -1,0 +1,1 @@
+"""The Streamlit app (built in the UI issue)."""
