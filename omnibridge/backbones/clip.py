@@ -26,7 +26,8 @@ SUPPORTED = ("clip", "siglip")
 
 def _load_error(model: str, reason: object) -> ValueError:
     return ValueError(
-        f"could not load CLIP/SigLIP model {model!r}: {reason}; pass a local path or a hub id reachable from this machine"
+        f"could not load CLIP/SigLIP model {model!r}: {reason}; "
+        "pass a local path or a hub id reachable from this machine"
     )
 
 

@@ -30,7 +30,10 @@ from .base import Backbone, Features, default_device, to_rgb
 IMAGE_PAD = "<|image_pad|>"
 VISION = "<|vision_start|>" + IMAGE_PAD + "<|vision_end|>"
 # Qwen2-VL's own template for one user turn; used only when the checkpoint ships no chat template.
-DEFAULT_TEMPLATE = "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n{}<|im_end|>\n<|im_start|>assistant\n"
+DEFAULT_TEMPLATE = (
+    "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"
+    "<|im_start|>user\n{}<|im_end|>\n<|im_start|>assistant\n"
+)
 MARKER = "\x00CAPTION\x00"  # stands in for the caption while the template is rendered and split
 MAX_WORDS = 50
 
@@ -61,8 +64,9 @@ class Qwen2VLBackbone(Backbone):
         try:
             net = Qwen2VLForConditionalGeneration.from_pretrained(self.model_id, dtype=dtype)
             self.tokenizer = AutoTokenizer.from_pretrained(self.model_id)
+            # min/max_pixels keys, not `size`: hub configs carry them and they would override a `size` kwarg
             self.image_processor = AutoImageProcessor.from_pretrained(
-                self.model_id, size={"shortest_edge": min_pixels, "longest_edge": max_pixels}
+                self.model_id, min_pixels=min_pixels, max_pixels=max_pixels
             )
         except Exception as e:
             raise ValueError(
@@ -184,7 +188,7 @@ class Qwen2VLBackbone(Backbone):
         p, s = len(self.prefix_ids), len(self.suffix_ids)
         for caption, row in zip(captions, rows):
             if row[:p] != self.prefix_ids or row[len(row) - s :] != self.suffix_ids:
-                raise ValueError(f"caption {caption!r} merges with the chat template when tokenised; cannot find its tokens")
+                raise ValueError(f"caption {caption!r} merges with the chat template when tokenised; reword it")
         ids, attn = self._pad(rows)
         pos = torch.arange(ids.shape[1], device=self.device)
         lengths = attn.sum(1, keepdim=True)  # b 1
