@@ -84,7 +84,7 @@ def align(
     if out.exists() and any(out.iterdir()) and not resume:
         _fail(f"{out} already holds files; pass --resume to continue that run or choose another --out")
     try:
-        model = create_model(config, build_backbone(parse_backbone(backbone), device=get_settings().device))
+        model = create_model(config, build_backbone(parse_backbone(backbone), device=get_settings().device), seed=seed)
         cfg = AlignConfig(epochs=epochs, batch_size=batch_size, lr=lr, views=views, seed=seed)
         typer.echo(f"aligning on {len(data.captions)} captions of {len(data.images)} images, device {model.device}")
         run_align(model, data, out, cfg, resume=resume)

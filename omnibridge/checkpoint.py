@@ -86,12 +86,15 @@ def load_model(name_or_path: str | Path = "default", backbone: Backbone | None =
     return RetrievalModel(backbone, aligner, BlendConfig(**config.get("blend", {})), prototypes)
 
 
-def create_model(config_name: str, backbone: Backbone) -> RetrievalModel:
-    """A fresh (untrained) retrieval model whose aligner widths are fitted to the backbone."""
+def create_model(config_name: str, backbone: Backbone, seed: int = 0) -> RetrievalModel:
+    """A fresh (untrained) retrieval model whose aligner widths are fitted to the backbone; seeded init."""
     data = load_config_file(config_name)
     cfg = dict(data.get("aligner", data))
     cfg.update(image_input_dim=backbone.image_dim, text_input_dim=backbone.text_dim)
-    return RetrievalModel(backbone, Aligner(AlignerConfig.from_dict(cfg)))
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        aligner = Aligner(AlignerConfig.from_dict(cfg))
+    return RetrievalModel(backbone, aligner)
 
 
 def load_official_weights(aligner: Aligner, path: str | Path) -> list[str]:

@@ -15,7 +15,8 @@ from torch import nn
 def _soft_ce(logits: torch.Tensor, positives: torch.Tensor) -> torch.Tensor:
     """Mean cross-entropy against row-normalised multi-positive targets. logits, positives: b b'."""
     targets = positives / positives.sum(1, keepdim=True)
-    return -(targets * logits.log_softmax(-1)).sum(1).mean()
+    terms = torch.where(targets > 0, targets * logits.log_softmax(-1), 0.0)  # masked (-inf) logits add nothing
+    return -terms.sum(1).mean()
 
 
 class ContrastiveLoss(nn.Module):

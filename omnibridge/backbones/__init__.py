@@ -23,7 +23,8 @@ def build_backbone(spec: dict, device=None) -> Backbone:
     if name == "qwen2-vl":
         from .qwen2vl import Qwen2VLBackbone
 
-        return Qwen2VLBackbone(spec["model"], lora=spec.get("lora"), device=device)
+        sizes = {k: spec[k] for k in ("min_pixels", "max_pixels") if k in spec}
+        return Qwen2VLBackbone(spec["model"], lora=spec.get("lora"), device=device, **sizes)
     raise ValueError(f"unknown backbone {name!r}; choose one of {list(NAMES)}")
 
 

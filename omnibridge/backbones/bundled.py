@@ -100,7 +100,7 @@ class BundledBackbone(Backbone):
         grey = (x - x.mean(1, keepdim=True)).abs().mean((1, 2, 3)) < GREY_TOLERANCE  # b
         return ((x / 255.0 - MEAN) / STD).to(self.device), grey.to(self.device)
 
-    @torch.inference_mode()
+    @torch.no_grad()
     def encode_images(self, images: Sequence[Image.Image]) -> Features:
         pixels, grey = self.preprocess(images)
         fmap = self.cnn.extract_features(pixels)  # b 1280 7 7
@@ -118,7 +118,7 @@ class BundledBackbone(Backbone):
         return F.normalize(mixed + self.colour_weight * colour, dim=-1)
 
     # -- texts ----------------------------------------------------------------------------------------
-    @torch.inference_mode()
+    @torch.no_grad()
     def encode_texts(self, texts: Sequence[str]) -> Features:
         batch = self.tokenizer(list(texts), padding=True, truncation=True, max_length=128, return_tensors="pt")
         batch = {k: v.to(self.device) for k, v in batch.items()}
