@@ -1,8 +1,8 @@
 """Checkpoints: a folder with `config.json` and `model.safetensors` (no pickle anywhere).
 
 config.json records the backbone spec and identity (name, model, widths), the aligner config and the blend;
-model.safetensors holds the aligner's weights under the official names, plus `prototypes` (the familiarity
-gate's training captions) when present. Loading into a backbone that differs from the recorded one fails.
+model.safetensors holds the aligner's weights under the official names, plus `prototypes.image` and
+`prototypes.text` (the familiarity gate's pooled training items) once trained. Loading into a backbone that differs from the recorded one fails.
 """
 
 from __future__ import annotations
@@ -28,8 +28,8 @@ def save_checkpoint(model: RetrievalModel, out: str | Path, extra: dict | None =
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().cpu().contiguous() for k, v in model.aligner.state_dict().items()}
-    if model.prototypes is not None:
-        tensors["prototypes"] = model.prototypes.detach().cpu().contiguous()
+    for modality, protos in model.prototypes.items():
+        tensors[f"prototypes.{modality}"] = protos.detach().cpu().contiguous()
     save_file(tensors, str(out / "model.safetensors"))
     config = {
         "format": FORMAT,
@@ -79,7 +79,7 @@ def load_model(name_or_path: str | Path = "default", backbone: Backbone | None =
     check_backbone(config, backbone, str(path))
     aligner = Aligner(AlignerConfig.from_dict(config["aligner"]))
     tensors = load_file(str(path / "model.safetensors"))
-    prototypes = tensors.pop("prototypes", None)
+    prototypes = {k.split(".", 1)[1]: tensors.pop(k) for k in list(tensors) if k.startswith("prototypes.")}
     missing, unexpected = aligner.load_state_dict(tensors, strict=False)
     if missing or unexpected:
         raise ValueError(f"checkpoint {path} does not match its config: missing {missing[:5]}, unexpected {unexpected[:5]}")

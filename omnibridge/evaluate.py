@@ -29,17 +29,18 @@ def evaluate(model: RetrievalModel, pairs: Pairs, batch_size: int = 32) -> dict:
     texts = sorted(set(pairs.captions))
     t_index = {t: i for i, t in enumerate(texts)}
     images = [pairs.load_image(i) for i in range(len(pairs.images))]
-    img = model.encode_images(images, batch_size=batch_size)  # m D
-    txt = model.encode_texts(texts, batch_size=batch_size)  # n D
+    img_docs = model.encode_images(images, role="document", batch_size=batch_size)  # m D
+    img_queries = model.encode_images(images, role="query", batch_size=batch_size)  # m D
+    txt_queries = model.encode_texts(texts, role="query", batch_size=batch_size)  # n D
+    txt_docs = model.encode_texts(texts, role="document", batch_size=batch_size)  # n D
     t2i_pos = [set() for _ in texts]
     i2t_pos = [set() for _ in images]
     for cap, im in zip(pairs.captions, pairs.caption_image):
         t2i_pos[t_index[cap]].add(im)
         i2t_pos[im].add(t_index[cap])
-    sims = txt @ img.T  # n m
     return {
-        "t2i": recall_at_k(sims, t2i_pos),
-        "i2t": recall_at_k(sims.T, i2t_pos),
+        "t2i": recall_at_k(txt_queries @ img_docs.T, t2i_pos),
+        "i2t": recall_at_k(img_queries @ txt_docs.T, i2t_pos),
         "queries": len(texts),
         "images": len(images),
     }

@@ -1,22 +1,24 @@
 """The retrieval model: a frozen backbone, the aligner, and the blend with the backbone's zero-shot space.
 
-Legend: b batch, s shared (zero-shot) width, e aligner width, p caption prototypes.
+Legend: b batch, s shared (zero-shot) width, e aligner width, p prototypes, i pooled backbone width.
 
-Vectors are unit-norm concatenations, so one cosine search serves every direction:
-  image  = [a * shared, b * aligned]        a, b fixed (a = b when the aligner is trained)
-  text   = [c * shared, d * aligned]        d = sqrt(w), c = sqrt(1 - w), w per query
-The per-query weight w is the blend's `max_weight` times how familiar the text is to the captions the
-aligner was trained on (its nearest training caption in the shared space, ramped between `familiar_low`
-and `familiar_high`). A query from the training domain is answered by the aligner; anything else falls
-back to the backbone's zero-shot space, so training on a narrow domain cannot hurt other collections.
-Backbones without a shared space (Qwen2-VL) use the aligned vector alone.
+Every item (image or text) has a zero-shot vector s, an aligned vector e and a familiarity g in [0, 1]: how close
+it is to what the aligner was trained on (its nearest training item, by the backbone's pooled states). The score
+of a query q against a stored document d interpolates the two spaces by the product of their familiarities:
+
+    score = (1 - g_q g_d) <s_q, s_d> + g_q g_d <e_q, e_d>
+
+and is a plain dot product of  query = [s, g e, g s]  and  document = [s, g e, -g s]  (width 2s + e).
+A query and a document both from the training domain are compared by the aligner; anything else (a photo when
+the aligner saw only digits, a text about tax law) by the zero-shot space, so training on a narrow domain cannot
+hurt other collections. Scores stay interpolations of cosines, in [-1, 1]. An untrained aligner has g = 0.
+Backbones without a shared space (Qwen2-VL) use the aligned vector alone, for both roles.
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass
-from typing import Sequence
+from typing import Literal, Sequence
 
 import numpy as np
 import torch
@@ -26,13 +28,16 @@ from PIL import Image
 from .backbones.base import Backbone, Features
 from .model import Aligner
 
+Role = Literal["query", "document"]
+
 
 @dataclass
 class BlendConfig:
     trained: bool = False  # False: the aligner is untrained, vectors are the zero-shot space alone
-    max_weight: float = 1.0  # weight of the aligned score for a fully familiar query
-    familiar_low: float = 0.45  # nearest-training-caption cosine at which the aligner starts to count
-    familiar_high: float = 0.75  # ... and at which it gets max_weight
+    text_low: float = 0.45  # nearest-training-caption cosine at which a text starts to count as familiar
+    text_high: float = 0.75  # ... and at which it is fully familiar
+    image_low: float = 0.5  # the same for images (calibrated on the training images by `calibrate_image_gate`)
+    image_high: float = 0.65
 
 
 class RetrievalModel:
@@ -41,11 +46,11 @@ class RetrievalModel:
         backbone: Backbone,
         aligner: Aligner,
         blend: BlendConfig | None = None,
-        prototypes: torch.Tensor | None = None,  # p s shared embeddings of training captions
+        prototypes: dict[str, torch.Tensor] | None = None,  # {"text": p i, "image": p i} pooled training items
     ):
         self.backbone, self.aligner = backbone, aligner.eval()
         self.blend = blend or BlendConfig()
-        self.prototypes = prototypes
+        self.prototypes = prototypes or {}
         self.device = getattr(backbone, "device", torch.device("cpu"))
         self.aligner.to(self.device)
 
@@ -55,56 +60,82 @@ class RetrievalModel:
 
     @property
     def dim(self) -> int:
-        return self.backbone.shared_dim + self.aligner.cfg.embed_dim if self.has_shared else self.aligner.cfg.embed_dim
+        e = self.aligner.cfg.embed_dim
+        return 2 * self.backbone.shared_dim + e if self.has_shared else e
 
-    # -- public API: PIL images / strings -> unit vectors (numpy float32) ------------------------------
-    def encode_images(self, images: Sequence[Image.Image], batch_size: int = 32) -> np.ndarray:
-        out = [self.image_vectors(self.backbone.encode_images(images[i : i + batch_size]))
-               for i in range(0, len(images), batch_size)]
-        return torch.cat(out).cpu().numpy() if out else np.zeros((0, self.dim), np.float32)
+    # -- public API: PIL images / strings -> vectors (numpy float32), compared by dot product ------------
+    def encode_images(self, images: Sequence[Image.Image], role: Role = "document", batch_size: int = 32) -> np.ndarray:
+        return self._batched(lambda b: self.image_vectors(self.backbone.encode_images(b), role), images, batch_size)
 
-    def encode_texts(self, texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
-        out = [self.text_vectors(self.backbone.encode_texts(texts[i : i + batch_size]))
-               for i in range(0, len(texts), batch_size)]
-        return torch.cat(out).cpu().numpy() if out else np.zeros((0, self.dim), np.float32)
+    def encode_texts(self, texts: Sequence[str], role: Role = "query", batch_size: int = 64) -> np.ndarray:
+        return self._batched(lambda b: self.text_vectors(self.backbone.encode_texts(b), role), texts, batch_size)
+
+    def _batched(self, fn, items: Sequence, batch_size: int) -> np.ndarray:
+        out = [fn(items[i : i + batch_size]) for i in range(0, len(items), batch_size)]
+        return torch.cat(out).float().cpu().numpy() if out else np.zeros((0, self.dim), np.float32)
 
     # -- features -> vectors ------------------------------------------------------------------------
-    @torch.inference_mode()
-    def image_vectors(self, f: Features) -> torch.Tensor:
+    @torch.no_grad()
+    def image_vectors(self, f: Features, role: Role = "document") -> torch.Tensor:
         e = self.aligner.encode_image(f.states.float(), f.mask)["embeds"]  # b e
-        if not self.has_shared:
-            return e
-        b_weight = math.sqrt(0.5) if self.blend.trained else 0.0
-        a_weight = math.sqrt(1 - b_weight**2)
-        return torch.cat([a_weight * f.shared, b_weight * e], dim=-1)  # b s+e
+        return self._assemble(f, e, "image", role)
 
-    @torch.inference_mode()
-    def text_vectors(self, f: Features) -> torch.Tensor:
+    @torch.no_grad()
+    def text_vectors(self, f: Features, role: Role = "query") -> torch.Tensor:
         e = self.aligner.encode_text(f.states.float(), f.mask)["embeds"]  # b e
+        return self._assemble(f, e, "text", role)
+
+    def _assemble(self, f: Features, e: torch.Tensor, modality: str, role: Role) -> torch.Tensor:
         if not self.has_shared:
             return e
-        w = self.aligned_weight(f.shared).unsqueeze(-1)  # b 1
-        return torch.cat([(1 - w).sqrt() * f.shared, w.sqrt() * e], dim=-1)  # b s+e
+        s = f.shared.float()  # b s
+        g = self.familiarity(f, modality).unsqueeze(-1)  # b 1
+        sign = 1.0 if role == "query" else -1.0
+        return torch.cat([s, g * e, sign * g * s], dim=-1)  # b 2s+e
 
-    def aligned_weight(self, shared: torch.Tensor) -> torch.Tensor:
-        """b s shared text embeddings -> b weights in [0, max_weight]: how much the aligner answers."""
-        if not self.blend.trained:
-            return shared.new_zeros(len(shared))
-        if self.prototypes is None or not len(self.prototypes):
-            return shared.new_full((len(shared),), self.blend.max_weight)
-        nearest = (shared @ self.prototypes.to(shared).T).max(-1).values  # b
-        lo, hi = self.blend.familiar_low, self.blend.familiar_high
-        return self.blend.max_weight * ((nearest - lo) / (hi - lo)).clamp(0, 1)
+    def familiarity(self, f: Features, modality: str) -> torch.Tensor:
+        """b items -> b in [0, 1]: cosine to the nearest training item, ramped between the blend's bounds."""
+        protos = self.prototypes.get(modality)
+        if not self.blend.trained or protos is None or not len(protos):
+            return torch.zeros(len(f.states), device=f.states.device)
+        nearest = (pooled(f) @ protos.to(f.states.device).float().T).max(-1).values  # b
+        lo, hi = (self.blend.text_low, self.blend.text_high) if modality == "text" else (
+            self.blend.image_low, self.blend.image_high)
+        return ((nearest - lo) / (hi - lo)).clamp(0, 1)
 
     def describe(self) -> dict:
         return {"backbone": self.backbone.spec(), "aligner": self.aligner.cfg.to_dict(), "blend": asdict(self.blend),
-                "dim": self.dim, "prototypes": 0 if self.prototypes is None else len(self.prototypes)}
+                "dim": self.dim, "prototypes": {k: len(v) for k, v in self.prototypes.items()}}
 
 
-def caption_prototypes(shared: torch.Tensor, limit: int = 4096, seed: int = 0) -> torch.Tensor:
-    """Distinct training-caption embeddings kept for the familiarity gate (a seeded subset beyond `limit`)."""
-    uniq = torch.unique(F.normalize(shared.float(), dim=-1), dim=0)
-    if len(uniq) > limit:
-        g = torch.Generator().manual_seed(seed)
-        uniq = uniq[torch.randperm(len(uniq), generator=g)[:limit]]
-    return uniq
+def pooled(f: Features) -> torch.Tensor:
+    """Masked mean of the backbone token states, unit norm: b n i -> b i."""
+    w = f.mask.unsqueeze(-1).to(f.states.dtype)
+    return F.normalize((f.states.float() * w).sum(1) / w.sum(1).clamp(min=1), dim=-1)
+
+
+def select_prototypes(vectors: torch.Tensor, limit: int = 1024, seed: int = 0) -> torch.Tensor:
+    """Distinct unit vectors kept for the familiarity gate: all of them, or `limit` k-means centres."""
+    x = torch.unique(F.normalize(vectors.float(), dim=-1), dim=0)
+    if len(x) <= limit:
+        return x
+    g = torch.Generator().manual_seed(seed)
+    centres = x[torch.randperm(len(x), generator=g)[:limit]]
+    for _ in range(10):  # spherical k-means
+        assign = (x @ centres.T).argmax(-1)
+        sums = torch.zeros_like(centres).index_add_(0, assign, x)
+        filled = sums.norm(dim=-1) > 0
+        centres[filled] = F.normalize(sums[filled], dim=-1)
+    return centres
+
+
+def calibrate_gate(vectors: torch.Tensor, width: float = 0.15, quantile: float = 0.05) -> tuple[float, float]:
+    """(low, high) for a familiarity gate: high = the 5th percentile of each training item's cosine to its
+    nearest *other* training item, so held-in items count as fully familiar; low = high - width."""
+    x = F.normalize(vectors.float(), dim=-1)
+    if len(x) < 2:
+        return 0.75, 0.9
+    sims = x @ x.T
+    sims.fill_diagonal_(-1.0)
+    high = float(torch.quantile(sims.max(-1).values, quantile).clamp(max=0.95))
+    return high - width, high

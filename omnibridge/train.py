@@ -26,7 +26,7 @@ from .augment import random_view
 from .checkpoint import save_checkpoint
 from .data import Pairs
 from .losses import ContrastiveLoss
-from .retrieval import BlendConfig, RetrievalModel, caption_prototypes
+from .retrieval import BlendConfig, RetrievalModel, calibrate_gate, select_prototypes
 
 
 @dataclass
@@ -139,15 +139,23 @@ def align(
             bar.set_postfix(loss=f"{loss.item():.4f}")
         mean_loss = total / steps_per_epoch
         aligner.eval()
-        model.blend = BlendConfig(trained=True)
-        if cached_texts.shared is not None:
-            model.prototypes = caption_prototypes(cached_texts.shared, seed=cfg.seed)
+        _fit_gate(model, views[0], cached_texts, cfg.seed)
         save_checkpoint(model, out, {"training": {**asdict(cfg), "epochs_done": epoch + 1, "loss": mean_loss,
                                                  "pairs": len(pairs.captions), "images": len(pairs.images)}})
         _save_state(out, aligner, opt, sched, epoch + 1, cfg)
         if on_epoch:
             on_epoch(epoch + 1, mean_loss)
     return model
+
+
+def _fit_gate(model: RetrievalModel, images: Cached, texts: Cached, seed: int) -> None:
+    """Keep the training items' pooled states as prototypes and calibrate the image gate on them."""
+    image_pooled = torch.stack([s.float().mean(0) for s in images.states])  # images i
+    text_pooled = torch.stack([s.float().mean(0) for s in texts.states])  # captions i
+    low, high = calibrate_gate(image_pooled)
+    model.blend = BlendConfig(trained=True, image_low=low, image_high=high)
+    model.prototypes = {"image": select_prototypes(image_pooled, seed=seed),
+                        "text": select_prototypes(text_pooled, seed=seed)}
 
 
 def _views_batch(views: list[Cached], images: list[int], view_ids: list[int], device):
@@ -175,8 +183,7 @@ def _load_state(out: Path, aligner, opt, sched, cfg: AlignConfig) -> int:
         raise ValueError(f"cannot resume {out}: settings differ from the interrupted run {diff} (was, now)")
     read_checkpoint_config(out)
     tensors = load_file(str(out / "model.safetensors"))
-    tensors.pop("prototypes", None)
-    aligner.load_state_dict(tensors)
+    aligner.load_state_dict({k: v for k, v in tensors.items() if not k.startswith("prototypes.")})
     state: dict = {}
     for key, v in load_file(str(out / "train_state.safetensors")).items():
         _, k, name = key.split(".", 2)

@@ -5,6 +5,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from omnibridge import create_model
 from omnibridge.checkpoint import load_model, read_checkpoint_config, save_checkpoint
@@ -67,8 +68,10 @@ def _train(tmp_path, out_name="ckpt", cfg=CFG, resume=False, backbone=None):
 def test_align_learns_and_the_checkpoint_reloads_identically(tmp_path):
     pairs = read_pairs(write_colour_pairs(tmp_path / "data"))
     untrained = create_model("tiny", TinyBackbone())
-    untrained.blend.trained = True  # judge the untrained aligner on its own vectors
-    untrained.prototypes = None
+    untrained.blend.trained = True  # judge the untrained aligner on its own vectors: familiarity 1 everywhere
+    untrained.prototypes = {"image": torch.ones(1, 32), "text": torch.ones(1, 32)}
+    untrained.blend.image_low = untrained.blend.text_low = -2.0
+    untrained.blend.image_high = untrained.blend.text_high = -1.0
     before = evaluate(untrained, pairs)["i2t"]["r1"]
     model, _ = _train(tmp_path)
     after = evaluate(model, pairs)
@@ -125,8 +128,26 @@ def test_load_model_names_what_is_wrong(tmp_path):
         load_model(tmp_path / "empty")
 
 
-def test_familiarity_gate_keeps_unfamiliar_queries_on_the_shared_space(tmp_path):
-    model, _ = _train(tmp_path)
-    familiar, unfamiliar = model.backbone.encode_texts(["a red square", "quantum tax law"]).shared
-    w = model.aligned_weight(torch.stack([familiar, unfamiliar]))
-    assert w[0] == pytest.approx(model.blend.max_weight) and w[1] == 0
+def test_familiarity_gate_keeps_unfamiliar_items_on_the_shared_space(tmp_path):
+    model, pairs = _train(tmp_path)
+    texts = model.backbone.encode_texts(["a red square", "quantum tax law"])
+    assert model.familiarity(texts, "text").tolist() == [1.0, 0.0]
+    stripes = Image.fromarray((np.indices((16, 16)).sum(0) % 2 * 255).astype(np.uint8))  # nothing like the squares
+    images = model.backbone.encode_images([pairs.load_image(0), stripes])
+    g = model.familiarity(images, "image")
+    assert g[0] == 1.0 and g[1] < 0.5
+    # an unfamiliar pair is scored by the shared space alone: score == <s_q, s_d>
+    q = model.text_vectors(model.backbone.encode_texts(["quantum tax law"]), "query")
+    d = model.image_vectors(images, "document")
+    torch.testing.assert_close(q @ d.T, texts.shared[1:] @ images.shared.T)
+
+
+def test_scores_interpolate_between_the_two_spaces(tmp_path):
+    model, pairs = _train(tmp_path)
+    t = model.backbone.encode_texts(["a red square"])
+    i = model.backbone.encode_images([pairs.load_image(0)])
+    g = model.familiarity(t, "text") * model.familiarity(i, "image")
+    e_t = model.aligner.encode_text(t.states, t.mask)["embeds"]
+    e_i = model.aligner.encode_image(i.states, i.mask)["embeds"]
+    expected = (1 - g) * (t.shared @ i.shared.T) + g * (e_t @ e_i.T)
+    torch.testing.assert_close(model.text_vectors(t, "query") @ model.image_vectors(i, "document").T, expected)
