@@ -37,8 +37,8 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("data", type=Path)
     ap.add_argument("--only", choices=sorted(EXPERIMENTS))
-    ap.add_argument("--epochs", type=int, default=20)
-    ap.add_argument("--views", type=int, default=8)
+    ap.add_argument("--epochs", type=int, default=40)
+    ap.add_argument("--views", type=int, default=6)
     ap.add_argument("--out", type=Path, default=Path(__file__).parent / "out")
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
@@ -51,7 +51,7 @@ def main() -> None:
         tests = {f: read_pairs(args.data / f) for f in test_files}
         r = {"before": {f: {"bridge": evaluate(bridge, p), "default": evaluate(default, p)} for f, p in tests.items()}}
         model = create_model("bundled-small", bridge.backbone)
-        cfg = AlignConfig(epochs=args.epochs, views=args.views)
+        cfg = AlignConfig(epochs=args.epochs, views=args.views, lr=3e-4)
         t = time.perf_counter()
         align(model, read_pairs(args.data / train_file), args.out / f"ckpt-{name}", cfg, progress=False)
         r["train_seconds"] = round(time.perf_counter() - t, 1)

@@ -29,7 +29,7 @@ from omnibridge.data import Pairs, read_pairs  # noqa: E402
 from omnibridge.train import AlignConfig, align  # noqa: E402
 
 SOURCES = ("sklearn-digits/test.jsonl", "emoji/style_a.jsonl")
-CONFIG = AlignConfig(epochs=20, batch_size=64, lr=1e-3, views=6, seed=0)
+CONFIG = AlignConfig(epochs=30, batch_size=64, lr=3e-4, views=4, seed=0)
 
 
 def merge(parts: list[Pairs]) -> Pairs:

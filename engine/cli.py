@@ -57,9 +57,9 @@ def params(
 def align(
     pairs: Annotated[Path, typer.Argument(help="PAIRS.jsonl: {\"image\", \"caption\", \"id\"} per line")],
     out: Annotated[Path, typer.Option("--out", help="checkpoint folder to write")],
-    epochs: Annotated[int, typer.Option(min=1)] = 10,
+    epochs: Annotated[int, typer.Option(min=1)] = 40,
     batch_size: Annotated[int, typer.Option("--batch-size", min=2)] = 64,
-    lr: Annotated[float, typer.Option(min=0)] = 1e-3,
+    lr: Annotated[float, typer.Option(min=0)] = 3e-4,
     views: Annotated[int, typer.Option(help="cached views per image (1 = no augmentation)", min=1)] = 4,
     seed: int = 0,
     resume: Annotated[bool, typer.Option("--resume", help="continue an interrupted run in --out")] = False,

@@ -98,3 +98,20 @@ class GenerationQueryLoss(nn.Module):
         if mask is None:
             return err.mean()
         return (err * mask).sum() / mask.sum().clamp(min=1)
+
+
+def generation_query_loss(
+    aligner,  # omnibridge.model.Aligner with generation queries
+    input_embeds: torch.Tensor,  # b q d, the frozen text encoder's input token embeddings of the prompt
+    target: torch.Tensor,  # b q d, the frozen text encoder's output on the same prompt
+    memory_states: torch.Tensor,  # b n i, backbone states the BiTransformer cross-attends to
+    memory_mask: torch.Tensor | None = None,  # b n bool
+    target_mask: torch.Tensor | None = None,  # b q bool, real (non-padding) prompt tokens
+    stage: float = 0.75,  # replacement schedule stage (see SCHEDULE)
+    rng: random.Random | None = None,
+) -> torch.Tensor:
+    """One step of the generation-query objective: replace a share of the inputs by the learned queries, run the
+    BiTransformer and regress the text encoder's output."""
+    rate = replacement_rate(stage, rng or random.Random())
+    prediction = aligner.generation_queries(memory_states, memory_mask, inputs_embeds=input_embeds, rate=rate)
+    return GenerationQueryLoss()(prediction, target, target_mask)

@@ -86,3 +86,35 @@ def test_generation_loss_ignores_padded_positions():
     loss = GenerationQueryLoss()
     assert loss(pred, target, mask) == 0
     assert loss(pred, target) > 0
+
+
+def test_generation_queries_learn_to_stand_in_for_a_frozen_text_encoder():
+    """Tiny T5 encoder as the frozen text encoder: with the schedule moving from 0.15 to full replacement, the
+    BiTransformer's output approaches the encoder's, and at stage > 1 the queries alone carry the prompt."""
+    from transformers import T5Config, T5EncoderModel
+
+    from omnibridge import Aligner
+    from omnibridge.losses import generation_query_loss
+    from tests.test_model import tiny
+
+    torch.manual_seed(0)
+    encoder = T5EncoderModel(T5Config(d_model=32, d_kv=8, d_ff=64, num_layers=1, num_heads=2, vocab_size=50,
+                                      dropout_rate=0.0)).eval().requires_grad_(False)
+    aligner = Aligner(tiny(dropout=0.0))
+    ids = torch.randint(0, 50, (4, 12))  # 4 prompts of 12 tokens (= the 12 generation queries)
+    embeds = encoder.get_input_embeddings()(ids)
+    target = encoder(input_ids=ids).last_hidden_state  # b q d
+    memory = torch.randn(4, 5, 32) + ids[:, :5, None].float()  # backbone states that identify the prompt
+    opt = torch.optim.Adam(aligner.parameters(), lr=3e-3)
+    rng = random.Random(0)
+    losses = []
+    for step in range(120):
+        stage = 0.15 if step < 40 else (0.75 if step < 80 else 1)
+        loss = generation_query_loss(aligner, embeds, target, memory, stage=stage, rng=rng)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    final = generation_query_loss(aligner, embeds, target, memory, stage=2).item()  # queries only
+    initial = F.mse_loss(torch.zeros_like(target), target).item()
+    assert losses[-1] < 0.5 * losses[0] and final < initial
