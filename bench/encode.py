@@ -49,8 +49,8 @@ def main() -> None:
     bb = model.backbone
     results = {"threads": torch.get_num_threads(), "batch": args.batch, "model": args.model}
     for kind, items, bare, full in (
-        ("images", images, bb.encode_images, lambda b: model.image_vectors(bb.encode_images(b))),
-        ("texts", texts, bb.encode_texts, lambda b: model.text_vectors(bb.encode_texts(b))),
+        ("images", images, bb.encode_images, lambda b: model.image_vectors(bb.encode_images(b), "document")),
+        ("texts", texts, bb.encode_texts, lambda b: model.text_vectors(bb.encode_texts(b), "query")),
     ):
         batches = [items[i : i + args.batch] for i in range(0, len(items), args.batch)]
         bare(batches[0]), full(batches[0])  # warm-up

@@ -81,6 +81,8 @@ def align(
         typer.secho(f"skipped {len(data.skipped)} bad lines:", fg=typer.colors.YELLOW, err=True)
         for line in data.skipped[:20]:
             typer.echo(f"  {line}", err=True)
+    if out.exists() and not out.is_dir():
+        _fail(f"--out {out} is a file; give a folder for the checkpoint")
     if out.exists() and any(out.iterdir()) and not resume:
         _fail(f"{out} already holds files; pass --resume to continue that run or choose another --out")
     try:
@@ -139,9 +141,9 @@ def demo(
     typer.echo(f"sample: {metrics['images']} photos from scikit-image in {pairs_file.parent}")
     typer.echo(f"text->image R@1 {metrics['t2i']['r1']:.2f}  R@5 {metrics['t2i']['r5']:.2f}")
     images = [data.load_image(i) for i in range(len(data.images))]
-    vecs = m.encode_images(images)
+    vecs = m.encode_images(images, role="document")
     for q in query or ["a cat", "a cup of coffee", "an astronaut in a space suit", "coins"]:
-        sims = m.encode_texts([q])[0] @ vecs.T
+        sims = m.encode_texts([q], role="query")[0] @ vecs.T
         best = sims.argsort()[::-1][:3]
         hits = ", ".join(f"{data.images[i].name} ({sims[i]:.2f})" for i in best)
         typer.echo(f"{q!r:>34} -> {hits}")

@@ -51,7 +51,7 @@ class Attention(nn.Module):
     def __init__(self, cfg: AlignerConfig, has_relative_bias: bool = False):
         super().__init__()
         inner = cfg.num_heads * cfg.d_kv
-        self.num_heads, self.d_kv = cfg.num_heads, cfg.d_kv
+        self.num_heads, self.d_kv, self.dropout = cfg.num_heads, cfg.d_kv, cfg.dropout
         self.q = nn.Linear(cfg.d_model, inner, bias=False)
         self.k = nn.Linear(cfg.d_model, inner, bias=False)
         self.v = nn.Linear(cfg.d_model, inner, bias=False)
@@ -71,7 +71,8 @@ class Attention(nn.Module):
         b = x.shape[0]
         split = lambda t: t.view(b, -1, self.num_heads, self.d_kv).transpose(1, 2)  # noqa: E731  b h n k
         q, k, v = split(self.q(x)), split(self.k(kv)), split(self.v(kv))
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias.to(q.dtype), scale=1.0)  # b h q k
+        p = self.dropout if self.training else 0.0  # dropout on the attention weights, as in T5
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias.to(q.dtype), dropout_p=p, scale=1.0)  # b h q k
         return self.o(out.transpose(1, 2).reshape(b, -1, self.num_heads * self.d_kv))  # b q d
 
 
@@ -188,6 +189,9 @@ class BiTransformer(nn.Module):
             raise ValueError("this configuration has no generation queries; set num_generation_queries > 0")
         b, q, _ = inputs_embeds.shape
         if q != self.cfg.num_generation_queries:
-            raise ValueError(f"expected {self.cfg.num_generation_queries} input positions, got {q}")
+            raise ValueError(
+                f"expected {self.cfg.num_generation_queries} input positions, got {q}; "
+                "pad or truncate the text-encoder input to num_generation_queries"
+            )
         replace = torch.rand(b, q, 1, generator=generator, device=inputs_embeds.device) < rate  # b q 1
         return torch.where(replace, self.query_tokens.to(inputs_embeds.dtype), inputs_embeds)

@@ -8,6 +8,7 @@ model.safetensors holds the aligner's weights under the official names, plus `pr
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import asdict
 from pathlib import Path
 
@@ -30,7 +31,8 @@ def save_checkpoint(model: RetrievalModel, out: str | Path, extra: dict | None =
     tensors = {k: v.detach().cpu().contiguous() for k, v in model.aligner.state_dict().items()}
     for modality, protos in model.prototypes.items():
         tensors[f"prototypes.{modality}"] = protos.detach().cpu().contiguous()
-    save_file(tensors, str(out / "model.safetensors"))
+    save_file(tensors, str(out / "model.safetensors.tmp"))  # replaced atomically: a crash leaves the old one
+    os.replace(out / "model.safetensors.tmp", out / "model.safetensors")
     config = {
         "format": FORMAT,
         "backbone": model.backbone.spec(),
@@ -39,7 +41,8 @@ def save_checkpoint(model: RetrievalModel, out: str | Path, extra: dict | None =
         "blend": asdict(model.blend),
         **(extra or {}),
     }
-    (out / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+    (out / "config.json.tmp").write_text(json.dumps(config, indent=2) + "\n")
+    os.replace(out / "config.json.tmp", out / "config.json")
     return out
 
 
@@ -72,6 +75,9 @@ def load_model(name_or_path: str | Path = "default", backbone: Backbone | None =
         backbone = backbone or build_backbone({"name": "bundled"}, device=device)
         return create_model("bundled-small", backbone)
     path = DEFAULT_DIR if str(name_or_path) == "default" else Path(name_or_path)
+    if str(name_or_path) == "default" and not path.exists():
+        raise ValueError(f"the default model is missing from this install ({path}); rebuild it with "
+                         "`python bench/default_model.py DATA` or use --model bridge")
     if not path.exists():
         raise ValueError(f"model {str(name_or_path)!r} not found: pass a checkpoint folder or one of {sorted(BUILTIN)}")
     config = read_checkpoint_config(path)

@@ -75,7 +75,9 @@ def list_configs() -> list[str]:
 def load_config_file(name_or_path: str) -> dict:
     """The JSON of a named configuration (see `list_configs`) or of a path to a JSON file."""
     path = Path(name_or_path)
-    if path.suffix == ".json" and path.is_file():
+    if path.suffix == ".json":
+        if not path.is_file():
+            raise ValueError(f"config file {path} not found; pass an existing .json or one of {list_configs()}")
         return json.loads(path.read_text())
     res = resources.files("omnibridge.configs") / f"{name_or_path}.json"
     if not res.is_file():

@@ -26,9 +26,12 @@ class Pairs:
     skipped: list[str] = field(default_factory=list)  # "line N: reason" for each skipped line
 
     def load_image(self, i: int) -> Image.Image:
-        with Image.open(self.images[i]) as im:
-            im.load()
-            return im.copy()
+        try:
+            with Image.open(self.images[i]) as im:
+                im.load()
+                return im.copy()
+        except (OSError, Image.DecompressionBombError) as e:
+            raise PairsError(f"cannot decode image {self.images[i]}: {e}") from e
 
 
 def _check_image(path: Path) -> str | None:
@@ -36,8 +39,8 @@ def _check_image(path: Path) -> str | None:
         return f"image not found: {path}"
     try:
         with Image.open(path) as im:
-            im.verify()
-    except (UnidentifiedImageError, OSError, SyntaxError) as e:
+            im.load()  # a full decode: catches truncated files that verify() lets through
+    except (UnidentifiedImageError, OSError, SyntaxError, Image.DecompressionBombError) as e:
         return f"unreadable image {path}: {e}"
     return None
 
@@ -46,11 +49,16 @@ def read_pairs(path: str | Path, skip_bad: bool = False) -> Pairs:
     path = Path(path)
     if not path.is_file():
         raise PairsError(f"pairs file not found: {path}")
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise PairsError(f"{path} is not UTF-8 text ({e}); save it as UTF-8 JSON lines") from e
     root = path.parent
     out = Pairs([], [], [], [])
     index: dict[Path, int] = {}
     checked: dict[Path, str | None] = {}
-    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+    first_line: dict[Path, int] = {}
+    for n, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
             continue
         problem, image, caption, image_id = None, None, None, None
@@ -77,9 +85,14 @@ def read_pairs(path: str | Path, skip_bad: bool = False) -> Pairs:
             out.skipped.append(msg)
             continue
         if img_path not in index:
-            index[img_path] = len(out.images)
+            index[img_path], first_line[img_path] = len(out.images), n
             out.images.append(img_path)
             out.image_ids.append(str(image_id) if image_id is not None else str(img_path))
+        elif image_id is not None and str(image_id) != out.image_ids[index[img_path]]:
+            raise PairsError(
+                f"{path}:{n}: image {image!r} has id {image_id!r} here but "
+                f"{out.image_ids[index[img_path]]!r} on line {first_line[img_path]}; give one image one id"
+            )
         out.captions.append(caption.strip())
         out.caption_image.append(index[img_path])
     if not out.captions:

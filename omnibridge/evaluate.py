@@ -29,15 +29,18 @@ def evaluate(model: RetrievalModel, pairs: Pairs, batch_size: int = 32) -> dict:
     texts = sorted(set(pairs.captions))
     t_index = {t: i for i, t in enumerate(texts)}
     images = [pairs.load_image(i) for i in range(len(pairs.images))]
-    img_docs = model.encode_images(images, role="document", batch_size=batch_size)  # m D
-    img_queries = model.encode_images(images, role="query", batch_size=batch_size)  # m D
-    txt_queries = model.encode_texts(texts, role="query", batch_size=batch_size)  # n D
-    txt_docs = model.encode_texts(texts, role="document", batch_size=batch_size)  # n D
+    img_docs, img_queries = model.encode_images(images, role=("document", "query"), batch_size=batch_size)  # m D
+    txt_queries, txt_docs = model.encode_texts(texts, role=("query", "document"), batch_size=batch_size)  # n D
+    # images sharing an id are one image for scoring (the same picture in two files)
+    same_id: dict[str, set[int]] = {}
+    for i, image_id in enumerate(pairs.image_ids):
+        same_id.setdefault(image_id, set()).add(i)
     t2i_pos = [set() for _ in texts]
     i2t_pos = [set() for _ in images]
     for cap, im in zip(pairs.captions, pairs.caption_image):
-        t2i_pos[t_index[cap]].add(im)
-        i2t_pos[im].add(t_index[cap])
+        for j in same_id[pairs.image_ids[im]]:
+            t2i_pos[t_index[cap]].add(j)
+            i2t_pos[j].add(t_index[cap])
     return {
         "t2i": recall_at_k(txt_queries @ img_docs.T, t2i_pos),
         "i2t": recall_at_k(img_queries @ txt_docs.T, i2t_pos),

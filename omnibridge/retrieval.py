@@ -64,24 +64,34 @@ class RetrievalModel:
         return 2 * self.backbone.shared_dim + e if self.has_shared else e
 
     # -- public API: PIL images / strings -> vectors (numpy float32), compared by dot product ------------
-    def encode_images(self, images: Sequence[Image.Image], role: Role = "document", batch_size: int = 32) -> np.ndarray:
-        return self._batched(lambda b: self.image_vectors(self.backbone.encode_images(b), role), images, batch_size)
+    # Store items as "document" vectors and search with "query" vectors, with an inner-product index (the
+    # vectors are not unit-norm). Asking for both roles encodes the items once.
+    def encode_images(self, images: Sequence[Image.Image], *, role: Role | tuple[Role, ...], batch_size: int = 32):
+        return self._batched(self.backbone.encode_images, self.image_vectors, images, role, batch_size)
 
-    def encode_texts(self, texts: Sequence[str], role: Role = "query", batch_size: int = 64) -> np.ndarray:
-        return self._batched(lambda b: self.text_vectors(self.backbone.encode_texts(b), role), texts, batch_size)
+    def encode_texts(self, texts: Sequence[str], *, role: Role | tuple[Role, ...], batch_size: int = 64):
+        return self._batched(self.backbone.encode_texts, self.text_vectors, texts, role, batch_size)
 
-    def _batched(self, fn, items: Sequence, batch_size: int) -> np.ndarray:
-        out = [fn(items[i : i + batch_size]) for i in range(0, len(items), batch_size)]
-        return torch.cat(out).float().cpu().numpy() if out else np.zeros((0, self.dim), np.float32)
+    def _batched(self, encode, assemble, items: Sequence, role, batch_size: int):
+        roles = (role,) if isinstance(role, str) else tuple(role)
+        if any(r not in ("query", "document") for r in roles):
+            raise ValueError(f"role must be 'query' or 'document', got {role!r}")
+        out: dict[str, list] = {r: [] for r in roles}
+        for i in range(0, len(items), batch_size):
+            f = encode(items[i : i + batch_size])
+            for r in roles:
+                out[r].append(assemble(f, r))
+        arrays = [torch.cat(v).float().cpu().numpy() if v else np.zeros((0, self.dim), np.float32) for v in out.values()]
+        return arrays[0] if isinstance(role, str) else tuple(arrays)
 
     # -- features -> vectors ------------------------------------------------------------------------
     @torch.no_grad()
-    def image_vectors(self, f: Features, role: Role = "document") -> torch.Tensor:
+    def image_vectors(self, f: Features, role: Role) -> torch.Tensor:
         e = self.aligner.encode_image(f.states.float(), f.mask)["embeds"]  # b e
         return self._assemble(f, e, "image", role)
 
     @torch.no_grad()
-    def text_vectors(self, f: Features, role: Role = "query") -> torch.Tensor:
+    def text_vectors(self, f: Features, role: Role) -> torch.Tensor:
         e = self.aligner.encode_text(f.states.float(), f.mask)["embeds"]  # b e
         return self._assemble(f, e, "text", role)
 

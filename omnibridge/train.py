@@ -12,7 +12,9 @@ Legend: b batch, n tokens, i backbone width, v views per image.
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 import random
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -31,7 +33,7 @@ from .retrieval import BlendConfig, RetrievalModel, calibrate_gate, select_proto
 
 @dataclass
 class AlignConfig:
-    epochs: int = 40  # each epoch meets a fresh random view of every image: more epochs, more augmentation
+    epochs: int = 40  # each epoch draws one of the cached views per caption anew
     batch_size: int = 64
     lr: float = 3e-4  # 1e-3 overfits the captions (emoji held-out style R@1 0.13 vs 0.18 at 3e-4, bench/RESULTS.md)
     weight_decay: float = 0.05
@@ -57,10 +59,11 @@ class Cached:
         return x.to(device), mask.to(device)
 
 
-def _cache(encode, items: list, batch_size: int, desc: str, progress: bool) -> Cached:
+def _cache(encode, load, n: int, batch_size: int, desc: str, progress: bool) -> Cached:
+    """Encode items 0..n-1 (`load(i)` gives item i) in batches; only one batch is decoded at a time."""
     states, shared = [], []
-    for i in tqdm(range(0, len(items), batch_size), desc=desc, disable=not progress, unit="batch"):
-        f = encode(items[i : i + batch_size])
+    for i in tqdm(range(0, n, batch_size), desc=desc, disable=not progress, unit="batch"):
+        f = encode([load(j) for j in range(i, min(i + batch_size, n))])
         for s, m in zip(f.states.cpu(), f.mask.cpu()):
             states.append(s[m].half())
         if f.shared is not None:
@@ -70,14 +73,18 @@ def _cache(encode, items: list, batch_size: int, desc: str, progress: bool) -> C
 
 def encode_pairs(model: RetrievalModel, pairs: Pairs, cfg: AlignConfig, progress: bool = True):
     """Frozen-backbone features: image views (v x images) and distinct captions."""
-    rng = random.Random(cfg.seed)
-    originals = [pairs.load_image(i) for i in range(len(pairs.images))]
-    views = []
-    for v in range(cfg.views):
-        ims = originals if v == 0 else [random_view(im, rng) for im in originals]
-        views.append(_cache(model.backbone.encode_images, ims, cfg.encode_batch_size, f"images view {v + 1}/{cfg.views}", progress))
+
+    def view(v: int):
+        if v == 0:
+            return pairs.load_image
+        # one seeded stream per (image, view): the same views whatever the batching
+        return lambda i: random_view(pairs.load_image(i), random.Random(f"{cfg.seed}/{v}/{i}"))
+
+    n, bs = len(pairs.images), cfg.encode_batch_size
+    views = [_cache(model.backbone.encode_images, view(v), n, bs, f"images view {v + 1}/{cfg.views}", progress)
+             for v in range(cfg.views)]
     texts = sorted(set(pairs.captions))
-    cached_texts = _cache(model.backbone.encode_texts, texts, cfg.encode_batch_size, "captions", progress)
+    cached_texts = _cache(model.backbone.encode_texts, texts.__getitem__, len(texts), bs, "captions", progress)
     return views, texts, cached_texts
 
 
@@ -95,14 +102,22 @@ def align(
     device = model.device
     aligner = model.aligner.to(device)
     params = aligner.retrieval_parameters()
-    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    # no weight decay on vectors and scalars (norms, biases, gates, logit scale, queries), as the official trainer
+    decay = [p for n, p in aligner.named_parameters() if p.ndim >= 2 and "queries" not in n and n != "bilm.query_tokens"]
+    no_decay = [p for p in params if all(p is not q for q in decay)]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
+                             {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr)
     steps_per_epoch = max(1, -(-len(pairs.captions) // cfg.batch_size))
-    sched = torch.optim.lr_scheduler.OneCycleLR(
-        opt, max_lr=cfg.lr, total_steps=cfg.epochs * steps_per_epoch, pct_start=0.1, anneal_strategy="cos"
+    total_steps = cfg.epochs * steps_per_epoch
+    sched = torch.optim.lr_scheduler.OneCycleLR(  # 10% warm-up (at least 2 steps), then cosine decay
+        opt, max_lr=cfg.lr, total_steps=total_steps, pct_start=max(0.1, 2.5 / total_steps), anneal_strategy="cos"
     )
+    identity = _run_identity(model, pairs, cfg)
     start_epoch = 0
     if resume and (out / "train_state.json").is_file():
-        start_epoch = _load_state(out, aligner, opt, sched, cfg)
+        start_epoch = _load_state(out, model, opt, sched, identity)
+    if start_epoch >= cfg.epochs:
+        return model  # the run had already finished
 
     views, texts, cached_texts = encode_pairs(model, pairs, cfg, progress)
     text_index = {t: i for i, t in enumerate(texts)}
@@ -117,7 +132,8 @@ def align(
         order = torch.randperm(len(pairs.captions), generator=g)
         view_of = torch.randint(0, cfg.views, (len(pairs.captions),), generator=g)
         aligner.train()
-        total, bar = 0.0, tqdm(range(steps_per_epoch), desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not progress)
+        total, count = 0.0, 0
+        bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not progress)
         for step in bar:
             idx = order[step * cfg.batch_size : (step + 1) * cfg.batch_size]
             if len(idx) < 2:
@@ -135,14 +151,14 @@ def align(
             sched.step()
             with torch.no_grad():
                 aligner.logit_scale.clamp_(0, 4.6052)  # temperature >= 0.01 (the official scale is unclamped)
-            total += loss.item()
+            total, count = total + loss.item(), count + 1
             bar.set_postfix(loss=f"{loss.item():.4f}")
-        mean_loss = total / steps_per_epoch
+        mean_loss = total / max(count, 1)
         aligner.eval()
         _fit_gate(model, views[0], cached_texts, cfg.seed)
         save_checkpoint(model, out, {"training": {**asdict(cfg), "epochs_done": epoch + 1, "loss": mean_loss,
                                                  "pairs": len(pairs.captions), "images": len(pairs.images)}})
-        _save_state(out, aligner, opt, sched, epoch + 1, cfg)
+        _save_state(out, opt, sched, epoch + 1, identity)
         if on_epoch:
             on_epoch(epoch + 1, mean_loss)
     return model
@@ -163,27 +179,46 @@ def _views_batch(views: list[Cached], images: list[int], view_ids: list[int], de
     return seqs.batch(list(range(len(images))), device)
 
 
-def _save_state(out: Path, aligner, opt, sched, epochs_done: int, cfg: AlignConfig) -> None:
+def _run_identity(model: RetrievalModel, pairs: Pairs, cfg: AlignConfig) -> dict:
+    """What must be the same for a run to be resumed: settings, model, backbone and data."""
+    data = hashlib.sha256(json.dumps([pairs.captions, pairs.caption_image, pairs.image_ids]).encode()).hexdigest()
+    return {"config": asdict(cfg), "aligner": model.aligner.cfg.to_dict(), "backbone": model.backbone.identity,
+            "data": {"pairs": len(pairs.captions), "images": len(pairs.images), "sha256": data}}
+
+
+def _save_state(out: Path, opt, sched, epochs_done: int, identity: dict) -> None:
+    """Optimizer and scheduler after `epochs_done` epochs; written after the checkpoint, each file atomically."""
     tensors = {}
     for k, state in opt.state_dict()["state"].items():
         for name, v in state.items():
             tensors[f"opt.{k}.{name}"] = torch.as_tensor(v).detach().cpu().contiguous()
-    save_file(tensors, str(out / "train_state.safetensors"))
-    meta = {"epochs_done": epochs_done, "config": asdict(cfg), "scheduler": sched.state_dict(),
+    tmp = out / "train_state.safetensors.tmp"
+    save_file(tensors, str(tmp))
+    os.replace(tmp, out / "train_state.safetensors")
+    meta = {"epochs_done": epochs_done, **identity, "scheduler": sched.state_dict(),
             "param_groups": opt.state_dict()["param_groups"]}
-    (out / "train_state.json").write_text(json.dumps(meta, default=str) + "\n")
+    (out / "train_state.json.tmp").write_text(json.dumps(meta, default=str) + "\n")
+    os.replace(out / "train_state.json.tmp", out / "train_state.json")
 
 
-def _load_state(out: Path, aligner, opt, sched, cfg: AlignConfig) -> int:
+def _load_state(out: Path, model: RetrievalModel, opt, sched, identity: dict) -> int:
     from .checkpoint import read_checkpoint_config
 
     meta = json.loads((out / "train_state.json").read_text())
-    if meta["config"] != asdict(cfg):
-        diff = {k: (meta["config"].get(k), v) for k, v in asdict(cfg).items() if meta["config"].get(k) != v}
-        raise ValueError(f"cannot resume {out}: settings differ from the interrupted run {diff} (was, now)")
-    read_checkpoint_config(out)
+    for key, what in (("config", "settings"), ("aligner", "aligner config"), ("backbone", "backbone"), ("data", "pairs")):
+        if meta.get(key) != identity[key]:
+            was, now = meta.get(key) or {}, identity[key]
+            diff = {k: (was.get(k), v) for k, v in now.items() if was.get(k) != v}
+            raise ValueError(f"cannot resume {out}: the {what} differ from the interrupted run {diff} (was, now); "
+                             "rerun with the original flags and data, or choose a new --out")
+    config = read_checkpoint_config(out)
+    if config.get("training", {}).get("epochs_done") != meta["epochs_done"]:
+        raise ValueError(f"cannot resume {out}: its checkpoint and training state disagree (a crash while saving); "
+                         "start again without --resume in a new --out")
     tensors = load_file(str(out / "model.safetensors"))
-    aligner.load_state_dict({k: v for k, v in tensors.items() if not k.startswith("prototypes.")})
+    model.aligner.load_state_dict({k: v for k, v in tensors.items() if not k.startswith("prototypes.")})
+    model.prototypes = {k.split(".", 1)[1]: v for k, v in tensors.items() if k.startswith("prototypes.")}
+    model.blend = BlendConfig(**config["blend"])
     state: dict = {}
     for key, v in load_file(str(out / "train_state.safetensors")).items():
         _, k, name = key.split(".", 2)

@@ -55,7 +55,7 @@ def test_recall_counts_the_best_ranked_positive():
 
 
 # -- align, checkpoints -------------------------------------------------------------------------------
-CFG = AlignConfig(epochs=4, batch_size=8, lr=3e-3, views=2, seed=0)
+CFG = AlignConfig(epochs=8, batch_size=8, lr=3e-3, views=2, seed=0)
 
 
 def _train(tmp_path, out_name="ckpt", cfg=CFG, resume=False, backbone=None):
@@ -78,9 +78,9 @@ def test_align_learns_and_the_checkpoint_reloads_identically(tmp_path):
     assert after["i2t"]["r1"] == 1.0 and after["i2t"]["r1"] > before
     loaded = load_model(tmp_path / "ckpt", backbone=TinyBackbone())
     texts = ["a red square", "something else"]
-    np.testing.assert_allclose(loaded.encode_texts(texts), model.encode_texts(texts), atol=1e-6)
+    np.testing.assert_allclose(loaded.encode_texts(texts, role="query"), model.encode_texts(texts, role="query"), atol=1e-6)
     config = read_checkpoint_config(tmp_path / "ckpt")
-    assert config["backbone"]["name"] == "tiny-test" and config["training"]["epochs_done"] == 4
+    assert config["backbone"]["name"] == "tiny-test" and config["training"]["epochs_done"] == 8
     assert not list((tmp_path / "ckpt").glob("*.pt")) and not list((tmp_path / "ckpt").glob("*.bin"))
 
 
@@ -151,3 +151,35 @@ def test_scores_interpolate_between_the_two_spaces(tmp_path):
     e_i = model.aligner.encode_image(i.states, i.mask)["embeds"]
     expected = (1 - g) * (t.shared @ i.shared.T) + g * (e_t @ e_i.T)
     torch.testing.assert_close(model.text_vectors(t, "query") @ model.image_vectors(i, "document").T, expected)
+
+
+def test_truncated_images_and_conflicting_ids_are_caught(tmp_path):
+    path = write_colour_pairs(tmp_path, per_colour=1)
+    full = (tmp_path / "img" / "red0.png").read_bytes()
+    (tmp_path / "img" / "cut.png").write_bytes(full[: len(full) // 2])  # a half-written file
+    with path.open("a") as f:
+        f.write(json.dumps({"image": "img/cut.png", "caption": "half"}) + "\n")
+    with pytest.raises(PairsError, match=r":5: unreadable image .*cut.png"):
+        read_pairs(path)
+    path.write_text("\ufeff" + path.read_text().splitlines()[0] + "\n"  # a BOM is fine
+                    + json.dumps({"image": "img/red0.png", "caption": "again", "id": "other"}) + "\n")
+    with pytest.raises(PairsError, match=r":2: image 'img/red0.png' has id 'other' here but 'red0' on line 1"):
+        read_pairs(path)
+
+
+def test_resume_refuses_changed_data(tmp_path):
+    _train(tmp_path)
+    pairs = read_pairs(tmp_path / "data" / "pairs.jsonl")
+    pairs.captions[0] = "a different caption"
+    model = create_model("tiny", TinyBackbone())
+    with pytest.raises(ValueError, match="cannot resume .*the pairs differ"):
+        align(model, pairs, tmp_path / "ckpt", CFG, resume=True, progress=False)
+
+
+def test_resuming_a_finished_run_returns_the_trained_model(tmp_path):
+    model, pairs = _train(tmp_path)
+    again = create_model("tiny", TinyBackbone(), seed=5)
+    align(again, pairs, tmp_path / "ckpt", CFG, resume=True, progress=False)
+    assert again.blend.trained and set(again.prototypes) == {"image", "text"}
+    np.testing.assert_allclose(again.encode_texts(["a red square"], role="query"),
+                               model.encode_texts(["a red square"], role="query"), atol=1e-6)
