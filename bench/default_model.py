@@ -26,9 +26,11 @@ from safetensors.torch import load_file, save_file  # noqa: E402
 from omnibridge import create_model, load_model  # noqa: E402
 from omnibridge.checkpoint import DEFAULT_DIR  # noqa: E402
 from omnibridge.data import Pairs, read_pairs  # noqa: E402
+from omnibridge.retrieval import select_prototypes  # noqa: E402
 from omnibridge.train import AlignConfig, align  # noqa: E402
 
 SOURCES = ("sklearn-digits/test.jsonl", "emoji/style_a.jsonl")
+IMAGE_PROTOTYPES = 512
 CONFIG = AlignConfig(epochs=30, batch_size=64, lr=3e-4, views=4, seed=0)
 
 
@@ -41,6 +43,12 @@ def merge(parts: list[Pairs]) -> Pairs:
         out.captions += p.captions
         out.caption_image += [i + offset for i in p.caption_image]
     return out
+
+
+def shrink(tensors: dict) -> None:
+    """Keep 512 k-means centres of the image prototypes (1280-d), so the shipped file stays under 10 MB."""
+    protos = tensors["prototypes.image"]
+    tensors["prototypes.image"] = select_prototypes(protos.float(), limit=IMAGE_PROTOTYPES, seed=CONFIG.seed).half()
 
 
 def main() -> None:
@@ -56,6 +64,7 @@ def main() -> None:
     # Ship only the checkpoint, in float16 (half the size; loading casts back to float32).
     args.out.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.half() for k, v in load_file(str(work / "model.safetensors")).items()}
+    shrink(tensors)
     save_file(tensors, str(args.out / "model.safetensors"))
     config = json.loads((work / "config.json").read_text())
     config["recipe"] = {"script": "bench/default_model.py", "sources": list(SOURCES)}

