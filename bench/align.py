@@ -3,7 +3,7 @@
     python bench/datasets.py /work/data                      # builds the data sets (once)
     python bench/align.py /work/data [--only mnist|emoji] [--epochs N] [--views V]
 
-For each experiment: the untrained bridge and the shipped default on the held-out set ("before"), then a fresh
+For each experiment: the documented zero-shot bridge, our bridge and the shipped default on the held-out set ("before"), then a fresh
 aligner trained with `omnibridge.train.align` on the training split ("after"), on the held-out set and on
 scikit-image's captioned photos. Results go to bench/out/align.json and are copied by hand to bench/RESULTS.md.
 """
@@ -43,13 +43,14 @@ def main() -> None:
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     bridge, default = load_model("bridge"), load_model("default")
+    baselines = {"bridge-baseline": load_model("bridge-baseline"), "bridge": bridge, "default": default}
     photos = read_pairs(args.data / PHOTOS)
-    results = {"photos": {"bridge": evaluate(bridge, photos), "default": evaluate(default, photos)}}
+    results = {"photos": {name: evaluate(m, photos) for name, m in baselines.items()}}
     for name, (train_file, test_files) in EXPERIMENTS.items():
         if args.only and name != args.only:
             continue
         tests = {f: read_pairs(args.data / f) for f in test_files}
-        r = {"before": {f: {"bridge": evaluate(bridge, p), "default": evaluate(default, p)} for f, p in tests.items()}}
+        r = {"before": {f: {name: evaluate(m, p) for name, m in baselines.items()} for f, p in tests.items()}}
         model = create_model("bundled-small", bridge.backbone)
         cfg = AlignConfig(epochs=args.epochs, views=args.views, lr=3e-4)
         t = time.perf_counter()
