@@ -141,3 +141,24 @@ def test_generation_queries_need_a_configuration_that_has_them():
     aligner = Aligner(tiny(num_generation_queries=0))
     with pytest.raises(ValueError, match="num_generation_queries"):
         aligner.generation_queries(torch.randn(1, 5, 32))
+
+
+def test_official_weights_load_by_name_from_a_sharded_checkpoint(tmp_path):
+    """A released-style checkpoint: the added modules beside backbone keys, split over two shards."""
+    from safetensors.torch import save_file
+
+    from omnibridge.checkpoint import load_official_weights
+
+    torch.manual_seed(0)
+    source = Aligner(tiny()).state_dict()
+    names = list(source)
+    shard_1 = {k: source[k] for k in names[: len(names) // 2]} | {"model.layers.0.mlp.up_proj.weight": torch.ones(2, 2)}
+    shard_2 = {k: source[k] for k in names[len(names) // 2 :]} | {"lm_head.weight": torch.ones(3, 2)}
+    save_file(shard_1, str(tmp_path / "model-00001-of-00002.safetensors"))
+    save_file(shard_2, str(tmp_path / "model-00002-of-00002.safetensors"))
+    target = Aligner(tiny())
+    assert load_official_weights(target, tmp_path) == []
+    for k, v in target.state_dict().items():
+        assert torch.equal(v, source[k]), k
+    with pytest.raises(ValueError, match="shape mismatch .* 'official' config"):
+        load_official_weights(Aligner(tiny(d_model=16, d_kv=8, embed_dim=8)), tmp_path)
