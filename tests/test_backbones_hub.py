@@ -333,3 +333,17 @@ def test_qwen_errors(tmp_path, qwen_dir):
         Qwen2VLBackbone(str(tmp_path / "no-such-model"), device="cpu")
     with pytest.raises(ValueError, match=r"could not load LoRA adapter '.*no-such-adapter'"):
         Qwen2VLBackbone(qwen_dir, lora=str(tmp_path / "no-such-adapter"), device="cpu")
+
+
+@pytest.mark.hub
+def test_real_clip_checkpoint_from_the_hub(monkeypatch):
+    """Off by default (-m hub): a real CLIP checkpoint downloaded from the hub puts a red image next to 'red'."""
+    import huggingface_hub.constants
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)  # read once at import
+
+    clip = ClipBackbone("openai/clip-vit-base-patch32", device="cpu")
+    images = [Image.new("RGB", (224, 224), (230, 20, 20)), Image.new("RGB", (224, 224), (20, 20, 230))]
+    sims = clip.encode_texts(["a red square", "a blue square"]).shared @ clip.encode_images(images).shared.T
+    assert sims[0, 0] > sims[0, 1] and sims[1, 1] > sims[1, 0]
