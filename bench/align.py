@@ -40,6 +40,7 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=40)
     ap.add_argument("--views", type=int, default=6)
     ap.add_argument("--out", type=Path, default=Path(__file__).parent / "out")
+    ap.add_argument("--eval-only", action="store_true", help="re-evaluate the checkpoints already in --out")
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     bridge, default = load_model("bridge"), load_model("default")
@@ -51,11 +52,14 @@ def main() -> None:
             continue
         tests = {f: read_pairs(args.data / f) for f in test_files}
         r = {"before": {f: {name: evaluate(m, p) for name, m in baselines.items()} for f, p in tests.items()}}
-        model = create_model("bundled-small", bridge.backbone)
         cfg = AlignConfig(epochs=args.epochs, views=args.views, lr=3e-4)
-        t = time.perf_counter()
-        align(model, read_pairs(args.data / train_file), args.out / f"ckpt-{name}", cfg, progress=False)
-        r["train_seconds"] = round(time.perf_counter() - t, 1)
+        if args.eval_only:
+            model = load_model(args.out / f"ckpt-{name}", backbone=bridge.backbone)
+        else:
+            model = create_model("bundled-small", bridge.backbone)
+            t = time.perf_counter()
+            align(model, read_pairs(args.data / train_file), args.out / f"ckpt-{name}", cfg, progress=False)
+            r["train_seconds"] = round(time.perf_counter() - t, 1)
         r["config"] = vars(cfg)
         r["after"] = {f: evaluate(model, p) for f, p in tests.items()}
         r["after"]["photos"] = evaluate(model, photos)

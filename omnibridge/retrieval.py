@@ -139,7 +139,7 @@ def select_prototypes(vectors: torch.Tensor, limit: int = 1024, seed: int = 0) -
     return centres
 
 
-def calibrate_gate(vectors: torch.Tensor, width: float = 0.15, quantile: float = 0.05) -> tuple[float, float]:
+def calibrate_gate(vectors: torch.Tensor, width: float = 0.05, quantile: float = 0.05) -> tuple[float, float]:
     """(low, high) for a familiarity gate: high = the 5th percentile of each training item's cosine to its
     nearest *other* training item, so held-in items count as fully familiar; low = high - width."""
     x = F.normalize(vectors.float(), dim=-1)
