@@ -46,7 +46,6 @@ class AlignConfig:
 @dataclass
 class Cached:
     states: list[torch.Tensor]  # per item: n i float16
-    shared: torch.Tensor | None  # items s
 
     def batch(self, idx: list[int], device) -> tuple[torch.Tensor, torch.Tensor]:
         seqs = [self.states[i] for i in idx]
@@ -61,14 +60,12 @@ class Cached:
 
 def _cache(encode, load, n: int, batch_size: int, desc: str, progress: bool) -> Cached:
     """Encode items 0..n-1 (`load(i)` gives item i) in batches; only one batch is decoded at a time."""
-    states, shared = [], []
+    states = []
     for i in tqdm(range(0, n, batch_size), desc=desc, disable=not progress, unit="batch"):
         f = encode([load(j) for j in range(i, min(i + batch_size, n))])
         for s, m in zip(f.states.cpu(), f.mask.cpu()):
             states.append(s[m].half())
-        if f.shared is not None:
-            shared.append(f.shared.cpu())
-    return Cached(states, torch.cat(shared) if shared else None)
+    return Cached(states)
 
 
 def encode_pairs(model: RetrievalModel, pairs: Pairs, cfg: AlignConfig, progress: bool = True):
@@ -98,7 +95,6 @@ def align(
     on_epoch: Callable[[int, float], None] | None = None,
 ) -> RetrievalModel:
     out = Path(out)
-    torch.manual_seed(cfg.seed)
     device = model.device
     aligner = model.aligner.to(device)
     params = aligner.retrieval_parameters()
@@ -120,6 +116,7 @@ def align(
         return model  # the run had already finished
 
     views, texts, cached_texts = encode_pairs(model, pairs, cfg, progress)
+    _fit_gate(model, views[0], cached_texts, cfg.seed)  # depends on the data only: once, saved with every epoch
     text_index = {t: i for i, t in enumerate(texts)}
     cap_ids = torch.tensor([text_index[c] for c in pairs.captions])
     id_of = {x: i for i, x in enumerate(dict.fromkeys(pairs.image_ids))}
@@ -155,7 +152,6 @@ def align(
             bar.set_postfix(loss=f"{loss.item():.4f}")
         mean_loss = total / max(count, 1)
         aligner.eval()
-        _fit_gate(model, views[0], cached_texts, cfg.seed)
         save_checkpoint(model, out, {"training": {**asdict(cfg), "epochs_done": epoch + 1, "loss": mean_loss,
                                                  "pairs": len(pairs.captions), "images": len(pairs.images)}})
         _save_state(out, opt, sched, epoch + 1, identity)
@@ -175,7 +171,7 @@ def _fit_gate(model: RetrievalModel, images: Cached, texts: Cached, seed: int) -
 
 
 def _views_batch(views: list[Cached], images: list[int], view_ids: list[int], device):
-    seqs = Cached([views[v].states[i] for i, v in zip(images, view_ids)], None)
+    seqs = Cached([views[v].states[i] for i, v in zip(images, view_ids)])
     return seqs.batch(list(range(len(images))), device)
 
 
