@@ -88,13 +88,19 @@ def load_model(name_or_path: str | Path = "default", backbone: Backbone | None =
     config = read_checkpoint_config(path)
     backbone = backbone or build_backbone(config["backbone"], device=device)
     check_backbone(config, backbone, str(path))
-    aligner = Aligner(AlignerConfig.from_dict(config["aligner"]))
+    model = RetrievalModel(backbone, Aligner(AlignerConfig.from_dict(config["aligner"])))
+    load_weights(model, path, config)
+    return model
+
+
+def load_weights(model: RetrievalModel, path: Path, config: dict) -> None:
+    """Put a checkpoint's aligner weights, gate prototypes and blend into `model` (whose aligner has its config)."""
     tensors = load_file(str(path / "model.safetensors"))
     prototypes = {k.split(".", 1)[1]: tensors.pop(k) for k in list(tensors) if k.startswith("prototypes.")}
-    missing, unexpected = aligner.load_state_dict(tensors, strict=False)
+    missing, unexpected = model.aligner.load_state_dict(tensors, strict=False)
     if missing or unexpected:
         raise ValueError(f"checkpoint {path} does not match its config: missing {missing[:5]}, unexpected {unexpected[:5]}")
-    return RetrievalModel(backbone, aligner, BlendConfig(**config.get("blend", {})), prototypes)
+    model.prototypes, model.blend = prototypes, BlendConfig(**config.get("blend", {}))
 
 
 def create_model(config_name: str, backbone: Backbone, seed: int = 0) -> RetrievalModel:

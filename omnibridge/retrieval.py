@@ -17,7 +17,7 @@ Backbones without a shared space (Qwen2-VL) use the aligned vector alone, for bo
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Literal, Sequence
 
 import numpy as np
@@ -112,10 +112,6 @@ class RetrievalModel:
         lo, hi = (self.blend.text_low, self.blend.text_high) if modality == "text" else (
             self.blend.image_low, self.blend.image_high)
         return ((nearest - lo) / (hi - lo)).clamp(0, 1)
-
-    def describe(self) -> dict:
-        return {"backbone": self.backbone.spec(), "aligner": self.aligner.cfg.to_dict(), "blend": asdict(self.blend),
-                "dim": self.dim, "prototypes": {k: len(v) for k, v in self.prototypes.items()}}
 
 
 def pooled(f: Features) -> torch.Tensor:

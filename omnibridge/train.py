@@ -25,7 +25,7 @@ from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from .augment import random_view
-from .checkpoint import save_checkpoint
+from .checkpoint import load_weights, read_checkpoint_config, save_checkpoint
 from .data import Pairs
 from .losses import ContrastiveLoss
 from .retrieval import BlendConfig, RetrievalModel, calibrate_gate, select_prototypes
@@ -198,8 +198,6 @@ def _save_state(out: Path, opt, sched, epochs_done: int, identity: dict) -> None
 
 
 def _load_state(out: Path, model: RetrievalModel, opt, sched, identity: dict) -> int:
-    from .checkpoint import read_checkpoint_config
-
     meta = json.loads((out / "train_state.json").read_text())
     for key, what in (("config", "settings"), ("aligner", "aligner config"), ("backbone", "backbone"), ("data", "pairs")):
         if meta.get(key) != identity[key]:
@@ -211,10 +209,7 @@ def _load_state(out: Path, model: RetrievalModel, opt, sched, identity: dict) ->
     if config.get("training", {}).get("epochs_done") != meta["epochs_done"]:
         raise ValueError(f"cannot resume {out}: its checkpoint and training state disagree (a crash while saving); "
                          "start again without --resume in a new --out")
-    tensors = load_file(str(out / "model.safetensors"))
-    model.aligner.load_state_dict({k: v for k, v in tensors.items() if not k.startswith("prototypes.")})
-    model.prototypes = {k.split(".", 1)[1]: v for k, v in tensors.items() if k.startswith("prototypes.")}
-    model.blend = BlendConfig(**config["blend"])
+    load_weights(model, out, config)
     state: dict = {}
     for key, v in load_file(str(out / "train_state.safetensors")).items():
         _, k, name = key.split(".", 2)

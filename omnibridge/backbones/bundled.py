@@ -136,7 +136,7 @@ class BundledBackbone(Backbone):
         """The classes' name embeddings: read from the shipped file when it was made with these templates."""
         if self.naming == "baseline":
             prompts = [BASELINE_TEMPLATE.format(lemmas[0]) for lemmas in imagenet_class_names()]
-            return torch.cat([self.encode_texts(prompts[i : i + 512]).shared for i in range(0, len(prompts), 512)])
+            return self._embed(prompts)
         if CLASS_EMBEDS_FILE.is_file():
             with safe_open(str(CLASS_EMBEDS_FILE), "pt") as f:
                 if f.metadata().get("templates") == json.dumps(TEMPLATES):
@@ -147,9 +147,13 @@ class BundledBackbone(Backbone):
         names = imagenet_class_names()
         prompts = [t.format(lemma) for lemmas in names for lemma in lemmas for t in TEMPLATES]
         owner = torch.tensor([c for c, lemmas in enumerate(names) for _ in lemmas for _ in TEMPLATES])
-        embeds = torch.cat([self.encode_texts(prompts[i : i + 512]).shared for i in range(0, len(prompts), 512)])
+        embeds = self._embed(prompts)
         sums = torch.zeros(len(names), self.shared_dim, device=self.device).index_add_(0, owner.to(self.device), embeds)
         return F.normalize(sums, dim=-1)  # c s
+
+    def _embed(self, prompts: list[str]) -> torch.Tensor:
+        """MiniLM sentence embeddings of many prompts, 512 at a time: n s."""
+        return torch.cat([self.encode_texts(prompts[i : i + 512]).shared for i in range(0, len(prompts), 512)])
 
     def write_class_embeddings(self, path: Path = None) -> Path:
         """Recompute and store the class embeddings (float16, ~0.8 MB) so later loads take no time."""
