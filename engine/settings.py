@@ -1,29 +1,115 @@
-"""The one configuration of the whole system: environment variables with the OMNIBRIDGE_ prefix."""
+"""The one configuration of the whole system: environment variables with the OMNIBRIDGE_ prefix.
+
+Embedded default (nothing to install or start): everything lives under OMNIBRIDGE_HOME:
+SQLite metadata (`omnibridge.db`), Qdrant Edge shards (`qdrant/`), an SQLite-backed Celery broker (`broker.db`).
+Production: OMNIBRIDGE_DATABASE_URL=postgresql://..., OMNIBRIDGE_BROKER_URL=redis://..., OMNIBRIDGE_QDRANT_URL=http://...
+"""
 
 from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
 
-from pydantic import Field, field_validator
+from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+PREFIX = "OMNIBRIDGE_"
+EMBEDDED = "embedded"
+
+
+class SettingsError(ValueError):
+    """A configuration value is wrong; the message names the environment variable and the fix."""
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="OMNIBRIDGE_", extra="ignore")
+    model_config = SettingsConfigDict(env_prefix=PREFIX, extra="ignore")
 
-    home: Path = Field(default=Path.home() / ".omnibridge", description="data directory (OMNIBRIDGE_HOME)")
-    model: str = Field(default="default", description="'default', 'bridge' or a checkpoint folder (OMNIBRIDGE_MODEL)")
+    home: Path = Field(default=Path.home() / ".omnibridge", description="data directory")
+    model: str = Field(default="default", description="'default', 'bridge' or a checkpoint folder")
     device: str | None = Field(default=None, description="'cpu', 'cuda' or 'cuda:N'; empty = GPU when present")
+    database_url: str | None = Field(default=None, description="SQLAlchemy URL; empty = SQLite file in the home")
+    broker_url: str = Field(default=EMBEDDED, description="'embedded' (SQLite broker, in-process worker) or redis://...")
+    result_backend: str | None = Field(default=None, description="Celery results; empty = follows the broker")
+    qdrant_url: str | None = Field(default=None, description="Qdrant server URL; empty = embedded Qdrant Edge")
+    qdrant_api_key: str | None = Field(default=None, description="API key of the Qdrant server")
+    qdrant_prefix: str = Field(default="omnibridge", description="prefix of the Qdrant collections")
+    batch_size: int = Field(default=32, ge=1, le=4096, description="images embedded per batch")
+    max_image_pixels: int = Field(default=100_000_000, ge=1, description="larger images are rejected (bomb guard)")
+    max_file_mb: float = Field(default=200.0, gt=0, description="larger files are rejected")
 
     @field_validator("device")
     @classmethod
     def _device(cls, v: str | None) -> str | None:
         if v and not (v == "cpu" or v.startswith("cuda")):
-            raise ValueError(f"OMNIBRIDGE_DEVICE={v!r} is not a device; use 'cpu', 'cuda' or 'cuda:N'")
+            raise ValueError(f"{v!r} is not a device; use 'cpu', 'cuda' or 'cuda:N'")
         return v or None
+
+    @field_validator("database_url")
+    @classmethod
+    def _database(cls, v: str | None) -> str | None:
+        if v and not v.startswith(("sqlite:", "postgresql:", "postgresql+")):
+            raise ValueError(f"{v!r} is not supported; use sqlite:///PATH or postgresql://USER@HOST:PORT/DB")
+        return v or None
+
+    @field_validator("broker_url")
+    @classmethod
+    def _broker(cls, v: str) -> str:
+        if v != EMBEDDED and not v.startswith(("redis://", "rediss://", "sqla+", "memory://", "filesystem://")):
+            raise ValueError(f"{v!r} is not a broker; use 'embedded' (default) or redis://HOST:6379/0")
+        return v
+
+    @field_validator("qdrant_url")
+    @classmethod
+    def _qdrant(cls, v: str | None) -> str | None:
+        if v and not v.startswith(("http://", "https://", ":memory:")):
+            raise ValueError(f"{v!r} is not a Qdrant URL; use http://HOST:6333 (or leave it empty for embedded)")
+        return v or None
+
+    # derived ------------------------------------------------------------------------------------------------
+
+    @property
+    def db_url(self) -> str:
+        return self.database_url or f"sqlite:///{self.home / 'omnibridge.db'}"
+
+    @property
+    def embedded_broker(self) -> bool:
+        return self.broker_url == EMBEDDED
+
+    @property
+    def celery_broker(self) -> str:
+        return f"sqla+sqlite:///{self.home / 'broker.db'}" if self.embedded_broker else self.broker_url
+
+    @property
+    def celery_backend(self) -> str:
+        if self.result_backend:
+            return self.result_backend
+        if self.embedded_broker:
+            return f"db+sqlite:///{self.home / 'results.db'}"
+        return self.broker_url if self.broker_url.startswith(("redis", "rediss")) else "cache+memory://"
+
+    @property
+    def qdrant_path(self) -> Path:
+        return self.home / "qdrant"
+
+    @property
+    def media_dir(self) -> Path:
+        """Uploaded and generated files are stored here."""
+        return self.home / "media"
+
+
+def load_settings(**overrides) -> Settings:
+    """Settings from the environment; a bad value raises SettingsError naming the variable."""
+    try:
+        return Settings(**overrides)
+    except ValidationError as e:
+        lines = []
+        for err in e.errors():
+            field = str(err["loc"][0]) if err["loc"] else "?"
+            msg = err["msg"].removeprefix("Value error, ")
+            lines.append(f"{PREFIX}{field.upper()}: {msg}")
+        raise SettingsError("invalid configuration:\n  " + "\n  ".join(lines)) from None
 
 
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:
-    return Settings()
+    return load_settings()
