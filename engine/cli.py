@@ -157,6 +157,161 @@ def demo(
         typer.echo(f"{q!r:>34} -> {hits}")
 
 
+# -- ingestion and search ---------------------------------------------------------------------------------------
+
+def _services():
+    from .services import get_services
+    from .settings import SettingsError
+
+    try:
+        return get_services()
+    except SettingsError as e:
+        _fail(str(e))
+
+
+@app.command()
+def ingest(
+    paths: Annotated[list[str], typer.Argument(help="folders (recursive), image or text files, or PAIRS.jsonl files", show_default=False)],
+    collection: Annotated[str, typer.Option("--collection", "-c", help="collection to add to (created if new)")] = "default",
+    ocr: Annotated[bool, typer.Option("--ocr", help="read text in images with tesseract and make it searchable")] = False,
+    workers: Annotated[int, typer.Option("--workers", min=1, max=64, help="parallel batches in the embedded worker")] = 1,
+    as_json: Annotated[bool, typer.Option("--json", help="print the summary as JSON")] = False,
+) -> None:
+    """Index a media library: new files are embedded, unchanged ones skipped, deleted ones removed."""
+    import time
+
+    from tqdm import tqdm
+
+    import shutil
+
+    from ingest import pipeline, worker
+
+    svc = _services()
+    if ocr and not shutil.which("tesseract"):
+        _fail("--ocr needs Debian's tesseract: apt-get install tesseract-ocr (or leave out --ocr)")
+    if not collection.strip() or len(collection) > 100:
+        _fail(f"--collection {collection!r}: give a name of 1 to 100 characters")
+    try:
+        pipeline.read_source(paths)
+    except pipeline.SourceError as e:
+        _fail(str(e))
+    embedded = svc.settings.embedded_broker
+    ctx = worker.in_process_worker(workers) if embedded else _nullcontext()
+    with ctx:
+        if embedded:
+            worker.recover()  # finish what an interrupted `omnibridge ingest` left
+        job_id = worker.submit(paths, collection, ocr=ocr)
+        bar = tqdm(total=None, unit="file", desc=f"job {job_id}", disable=as_json, dynamic_ncols=True)
+        started, warned = time.monotonic(), False
+        while True:
+            job = pipeline.job_summary(svc, job_id)
+            if job["status"] in ("running", "finalizing", "done") and bar.total is None:
+                bar.reset(total=job["queued"])
+            bar.n = job["done"]
+            bar.set_postfix(status=job["status"], refresh=False)
+            bar.refresh()
+            if job["status"] in ("done", "failed"):
+                break
+            if not embedded and not warned and job["status"] == "queued" and time.monotonic() - started > 15:
+                bar.write("no worker has picked the job up yet: start one with `omnibridge worker` "
+                          f"(broker {svc.settings.broker_url})")
+                warned = True
+            time.sleep(0.3)
+        bar.close()
+    _print_summary(pipeline.job_summary(svc, job_id, errors=50), as_json)
+    if job["status"] == "failed":
+        raise typer.Exit(1)
+
+
+class _nullcontext:
+    def __enter__(self):
+        return None
+
+    def __exit__(self, *exc):
+        return False
+
+
+def _print_summary(job: dict, as_json: bool) -> None:
+    if as_json:
+        typer.echo(json.dumps(job))
+        return
+    typer.echo(f"job {job['id']} ({job['collection']}): {job['status']}  {job['seconds']:.1f} s")
+    if job.get("error"):
+        typer.secho(f"  error: {job['error']}", fg=typer.colors.RED)
+    typer.echo(f"  indexed {job['indexed']}, duplicates {job['duplicates']}, unchanged {job['skipped']}, "
+               f"failed {job['failed']}, removed {job['removed']}  (of {job['seen']} files seen)")
+    for err in job.get("errors", []):
+        typer.secho(f"  failed: {err['path']}: {err['error']}", fg=typer.colors.YELLOW)
+
+
+@app.command()
+def status(
+    collection: Annotated[Optional[str], typer.Option("--collection", "-c", help="only this collection")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
+    jobs: Annotated[int, typer.Option("--jobs", min=1, help="how many recent jobs to show")] = 10,
+) -> None:
+    """Collections with their asset counts, recent jobs, and the errors of failed files."""
+    from ingest import pipeline
+
+    svc = _services()
+    report = pipeline.status_report(svc, collection, jobs=jobs)
+    if collection and not report["collections"]:
+        _fail(f"no collection named {collection!r}; known: {', '.join(report['known']) or 'none yet (run omnibridge ingest)'}")
+    if as_json:
+        typer.echo(json.dumps(report))
+        return
+    if not report["collections"]:
+        typer.echo("nothing indexed yet: run `omnibridge ingest PATH`")
+    for c in report["collections"]:
+        counts = ", ".join(f"{k} {v}" for k, v in sorted(c["assets"].items())) or "empty"
+        typer.echo(f"{c['name']}: {counts}  ({c['root']})")
+    for job in report["jobs"]:
+        typer.echo(f"  job {job['id']} {job['status']:<10} {job['source']}: indexed {job['indexed']}, duplicates "
+                   f"{job['duplicates']}, unchanged {job['skipped']}, failed {job['failed']}")
+    for err in report["errors"]:
+        typer.secho(f"  failed: {err['path']}: {err['error']}", fg=typer.colors.YELLOW)
+
+
+@app.command()
+def search(
+    text: Annotated[Optional[str], typer.Argument(help="what to look for")] = None,
+    image: Annotated[Optional[Path], typer.Option("--image", help="search by this image instead of text")] = None,
+    collection: Annotated[Optional[str], typer.Option("--collection", "-c")] = None,
+    k: Annotated[int, typer.Option("--k", min=1, max=1000, help="number of hits")] = 10,
+    as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
+) -> None:
+    """Find images by a text or by an image (the full query engine with filters comes with `omnibridge serve`)."""
+    from ingest import pipeline
+
+    if (text is None) == (image is None):
+        _fail("give a text query or --image PATH (one of the two)")
+    svc = _services()
+    try:
+        result = pipeline.simple_search(svc, text=text, image=image, collection=collection, k=k)
+    except ValueError as e:
+        _fail(str(e))
+    if as_json:
+        typer.echo(json.dumps(result))
+        return
+    if not result["hits"]:
+        typer.echo("no match: the collection is empty or the filter excludes everything (see `omnibridge status`)")
+    for h in result["hits"]:
+        caption = f"  {h['caption']}" if h.get("caption") else ""
+        typer.echo(f"{h['score']:.3f}  {h['path']}{caption}")
+
+
+@app.command("worker")
+def worker_(
+    concurrency: Annotated[int, typer.Option("--concurrency", min=1, help="parallel tasks in this worker")] = 1,
+    loglevel: Annotated[str, typer.Option("--loglevel")] = "INFO",
+) -> None:
+    """Run an ingestion worker (production: with OMNIBRIDGE_BROKER_URL=redis://...)."""
+    from ingest.worker import app as celery_app
+
+    celery_app.worker_main(["worker", f"--loglevel={loglevel}", f"--concurrency={concurrency}",
+                            "--pool", "threads" if concurrency > 1 else "solo", "--queues", "omnibridge-ingest"])
+
+
 def main() -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the default path never reaches a hub
     app()

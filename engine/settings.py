@@ -106,6 +106,8 @@ def load_settings(**overrides) -> Settings:
         for err in e.errors():
             field = str(err["loc"][0]) if err["loc"] else "?"
             msg = err["msg"].removeprefix("Value error, ")
+            if not err["type"].startswith("value_error"):
+                msg += f" (got {err.get('input')!r})"
             lines.append(f"{PREFIX}{field.upper()}: {msg}")
         raise SettingsError("invalid configuration:\n  " + "\n  ".join(lines)) from None
 

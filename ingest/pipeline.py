@@ -1,0 +1,476 @@
+"""The ingestion pipeline as plain functions over `Services`: scan -> embed (validate, decode, embed, upsert) -> finalize.
+
+SQL is the source of truth: every file becomes an `assets` row whose status moves pending -> indexed | duplicate |
+failed. A task that dies leaves rows `pending`; running the job's remaining work again (see `recover`) finishes them.
+Point ids are derived from row ids and status changes are conditional (`WHERE status = 'pending'`), so work done
+twice indexes nothing twice: every asset is in the index exactly once.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from sqlalchemy import delete, func, select, update
+
+from engine.db import Asset, Collection, Job, Model, Text, Vector, utcnow
+from engine.services import Services
+from engine.vectors import point_id
+
+from .media import MediaError, load_image, load_text, media_kind, ocr_image, sha256_file
+
+log = logging.getLogger(__name__)
+
+EMBEDDED_TEXT_KINDS = ("caption", "alt", "ocr", "document")  # texts that get their own text vector
+NEAR_DUP_BITS = 6  # perceptual hashes within this Hamming distance (of 64 bits) are near-duplicates
+MAX_TEXT_PAYLOAD = 2000
+
+
+class SourceError(ValueError):
+    """The PATH given to ingest cannot be read; the message says why and what to pass instead."""
+
+
+# -- sources ---------------------------------------------------------------------------------------------------
+
+@dataclass
+class Item:
+    path: Path
+    captions: list[str]
+
+
+def read_source(paths: list[str]) -> tuple[list[Item], list[Path]]:
+    """Files to ingest from folders (recursive), single files and PAIRS.jsonl files, and the folders scanned.
+
+    Returns (items sorted by path, roots): deleted-file detection applies under the roots only.
+    """
+    items: dict[Path, Item] = {}
+    roots: list[Path] = []
+    for raw in paths:
+        p = Path(raw).expanduser().resolve()
+        if not p.exists():
+            raise SourceError(f"{raw}: no such file or folder; give a folder, an image or text file, or a PAIRS.jsonl")
+        if p.is_dir():
+            roots.append(p)
+            for dirpath, dirnames, filenames in os.walk(p):
+                dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+                for name in filenames:
+                    f = Path(dirpath) / name
+                    if not name.startswith(".") and media_kind(f):
+                        items.setdefault(f, Item(f, []))
+        elif p.suffix.lower() == ".jsonl":
+            for item in _read_pairs(p):
+                items.setdefault(item.path, Item(item.path, [])).captions.extend(item.captions)
+        elif media_kind(p):
+            items.setdefault(p, Item(p, []))
+        else:
+            raise SourceError(f"{raw}: not an image, a .txt/.md document or a PAIRS.jsonl; "
+                              "supported images: jpg, png, gif, webp, bmp, tiff")
+    return sorted(items.values(), key=lambda i: str(i.path)), roots
+
+
+def _read_pairs(path: Path) -> list[Item]:
+    out = []
+    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+            image = (path.parent / row["image"]).resolve()
+        except (json.JSONDecodeError, KeyError, TypeError) as e:
+            raise SourceError(f"{path}:{n}: expected a JSON object with \"image\" and \"caption\" ({e})") from None
+        captions = row.get("caption") or []
+        out.append(Item(image, [captions] if isinstance(captions, str) else list(captions)))
+    return out
+
+
+# -- jobs ------------------------------------------------------------------------------------------------------
+
+def create_job(svc: Services, paths: list[str], collection: str, ocr: bool = False) -> int:
+    """Register a job (and its collection); the source is checked now so a typo fails before anything runs."""
+    read_source(paths)
+    with svc.session() as db:
+        coll = db.scalar(select(Collection).where(Collection.name == collection))
+        if coll is None:
+            first = Path(paths[0]).expanduser().resolve()
+            coll = Collection(name=collection, root=str(first if first.is_dir() else first.parent))
+            db.add(coll)
+            db.flush()
+        source = paths[0] if len(paths) == 1 else f"{paths[0]} (+{len(paths) - 1} more)"
+        job = Job(collection_id=coll.id, source=source, options={"paths": list(paths), "ocr": ocr})
+        db.add(job)
+        db.commit()
+        return job.id
+
+
+def scan(svc: Services, job_id: int) -> list[int]:
+    """Walk the job's source; create or refresh asset rows; return the ids of assets to embed (status pending).
+
+    Unchanged files are skipped, exact duplicates (same sha256 as an asset already in the collection) are recorded
+    as such, changed files lose their old vectors, files gone from a scanned folder are removed. Safe to re-run.
+    """
+    with svc.session() as db:
+        job = db.get(Job, job_id)
+        job.status, job.started_at = "scanning", job.started_at or utcnow()
+        db.commit()
+        items, roots = read_source(job.options["paths"])
+        cid = job.collection_id
+        existing = {a.uri: a for a in db.scalars(select(Asset).where(Asset.collection_id == cid))}
+        by_sha = {a.sha256: a for a in existing.values() if a.status in ("indexed", "pending") and a.sha256}
+        seen = skipped = duplicates = failed = 0
+        for item in items:
+            seen += 1
+            uri = str(item.path)
+            asset = existing.get(uri)
+            try:
+                st = item.path.stat()
+            except OSError as e:
+                failed += 1
+                log.warning("%s: %s", uri, e)
+                continue
+            if asset is not None and asset.bytes == st.st_size and asset.mtime == st.st_mtime and asset.status != "pending":
+                _attach_captions(db, asset, item.captions)
+                skipped += 1
+                continue
+            sha = sha256_file(item.path)
+            if asset is not None and asset.sha256 == sha and asset.status != "pending":
+                asset.mtime = st.st_mtime  # touched, not changed
+                _attach_captions(db, asset, item.captions)
+                skipped += 1
+                continue
+            if asset is None:
+                asset = Asset(collection_id=cid, uri=uri, media=media_kind(item.path))
+                db.add(asset)
+                existing[uri] = asset
+            else:
+                _drop_vectors(svc, db, [asset.id])
+                db.execute(delete(Text).where(Text.asset_id == asset.id, Text.kind != "caption"))
+            asset.sha256, asset.bytes, asset.mtime, asset.job_id = sha, st.st_size, st.st_mtime, job_id
+            asset.error, asset.duplicate_of = None, None
+            original = by_sha.get(sha)
+            if original is not None and original is not asset:
+                asset.status, asset.duplicate_of = "duplicate", original.id
+                duplicates += 1
+            else:
+                asset.status = "pending"
+                by_sha[sha] = asset
+            db.flush()
+            _attach_captions(db, asset, item.captions)
+        removed = _remove_missing(svc, db, cid, roots, {str(i.path) for i in items})
+        pending = list(db.scalars(select(Asset.id).where(Asset.collection_id == cid, Asset.status == "pending")
+                                  .order_by(Asset.id)))
+        db.execute(update(Asset).where(Asset.collection_id == cid, Asset.status == "pending").values(job_id=job_id))
+        job.seen, job.skipped, job.duplicates, job.failed, job.indexed = seen, skipped, duplicates, failed, 0
+        job.options = {**job.options, "queued": len(pending), "removed": removed, "scan_failed": failed}
+        job.status = "running"
+        db.commit()
+        return pending
+
+
+def _attach_captions(db, asset: Asset, captions: list[str]) -> None:
+    if not captions:
+        return
+    have = {t.content for t in db.scalars(select(Text).where(Text.asset_id == asset.id, Text.kind == "caption"))}
+    for c in captions:
+        if c and c not in have:
+            db.add(Text(asset_id=asset.id, kind="caption", content=c))
+            have.add(c)
+            if asset.status == "indexed":  # a new caption on an indexed image: embed it on the next pass
+                asset.status = "pending"
+
+
+def _drop_vectors(svc: Services, db, asset_ids: list[int]) -> None:
+    """Delete the assets' points from every model space that holds them, and their `vectors` rows."""
+    rows = db.execute(select(Model.space, Vector.point_id).join(Model, Vector.model_id == Model.id)
+                      .where(Vector.asset_id.in_(asset_ids))).all()
+    by_space: dict[str, list[str]] = {}
+    for space, pid in rows:
+        by_space.setdefault(space, []).append(pid)
+    for space, ids in by_space.items():
+        if space in svc.store.spaces():
+            svc.store.delete(space, ids)
+    db.execute(delete(Vector).where(Vector.asset_id.in_(asset_ids)))
+
+
+def _remove_missing(svc: Services, db, cid: int, roots: list[Path], present: set[str]) -> int:
+    gone = []
+    for root in roots:
+        prefix = str(root) + os.sep
+        gone += [a for a in db.scalars(select(Asset).where(Asset.collection_id == cid, Asset.uri.startswith(prefix)))
+                 if a.uri not in present]
+    if gone:
+        ids = [a.id for a in gone]
+        _drop_vectors(svc, db, ids)
+        # copies of a removed file take its place
+        db.execute(update(Asset).where(Asset.duplicate_of.in_(ids)).values(status="pending", duplicate_of=None))
+        for a in gone:
+            db.delete(a)
+    return len(gone)
+
+
+# -- embed -----------------------------------------------------------------------------------------------------
+
+def embed(svc: Services, job_id: int, asset_ids: list[int]) -> dict[str, int]:
+    """Validate, decode and embed a batch of pending assets; upsert their points; mark them indexed or failed."""
+    s = svc.settings
+    model_id, space, _ = svc.model_row()
+    with svc.session() as db:
+        job = db.get(Job, job_id)
+        ocr = bool(job.options.get("ocr")) if job else False
+        collection = db.scalar(select(Collection.name).join(Job, Job.collection_id == Collection.id)
+                               .where(Job.id == job_id))
+        assets = list(db.scalars(select(Asset).where(Asset.id.in_(asset_ids), Asset.status == "pending")
+                                 .order_by(Asset.id)))
+        images, image_assets, failed = [], [], []
+        for a in assets:
+            try:
+                if a.media == "image":
+                    info = load_image(a.uri, max_pixels=s.max_image_pixels, max_bytes=int(s.max_file_mb * 2**20))
+                    a.width, a.height, a.format, a.phash = info.width, info.height, info.format, info.phash
+                    _set_text(db, a, "filename", _filename_text(a.uri))
+                    if info.alt:
+                        _set_text(db, a, "alt", info.alt)
+                    if ocr:
+                        words = ocr_image(info.image)
+                        if words:
+                            _set_text(db, a, "ocr", words)
+                    images.append(info.image)
+                    image_assets.append(a)
+                else:
+                    a.format = Path(a.uri).suffix.lstrip(".").upper() or "TXT"
+                    _set_text(db, a, "document", load_text(a.uri, max_bytes=int(s.max_file_mb * 2**20)))
+            except (MediaError, OSError) as e:
+                failed.append((a, str(e)))
+        db.flush()
+        texts = list(db.scalars(select(Text).where(Text.asset_id.in_([a.id for a in assets]),
+                                                   Text.kind.in_(EMBEDDED_TEXT_KINDS)).order_by(Text.id)))
+        ok_ids = {a.id for a in assets} - {a.id for a, _ in failed}
+        texts = [t for t in texts if t.asset_id in ok_ids]
+        by_id = {a.id: a for a in assets}
+        ids, vecs, payloads, rows = [], [], [], []
+        if images:
+            v = svc.model.encode_images(images, role="document", batch_size=s.batch_size)  # (n, dim)
+            for a, vec in zip(image_assets, v):
+                pid = point_id("image", a.id)
+                ids.append(pid), vecs.append(vec), payloads.append(_payload(a, collection, "image", texts))
+                rows.append(Vector(model_id=model_id, asset_id=a.id, point_id=pid, kind="image"))
+        if texts:
+            v = svc.model.encode_texts([t.content for t in texts], role="document")
+            for t, vec in zip(texts, v):
+                pid = point_id("text", t.id)
+                p = _payload(by_id[t.asset_id], collection, "text", [t])
+                p.update(text_id=t.id, text_kind=t.kind, content=t.content[:MAX_TEXT_PAYLOAD])
+                ids.append(pid), vecs.append(vec), payloads.append(p)
+                rows.append(Vector(model_id=model_id, asset_id=t.asset_id, text_id=t.id, point_id=pid, kind="text"))
+        if ids:
+            svc.store.upsert(space, ids, np.stack(vecs).astype(np.float32), payloads)
+        db.execute(delete(Vector).where(Vector.model_id == model_id, Vector.point_id.in_(ids)))
+        db.add_all(rows)
+        db.commit()  # vectors rows and texts first; statuses next, conditionally, so a redo counts nothing twice
+        indexed = _finish(db, job_id, [a.id for a in assets if a.id in ok_ids], "indexed", None)
+        n_failed = 0
+        for a, err in failed:
+            n_failed += _finish(db, job_id, [a.id], "failed", err)
+        db.commit()
+    return {"indexed": indexed, "failed": n_failed}
+
+
+def _finish(db, job_id: int, ids: list[int], status: str, error: str | None) -> int:
+    if not ids:
+        return 0
+    n = db.execute(update(Asset).where(Asset.id.in_(ids), Asset.status == "pending")
+                   .values(status=status, error=error, updated_at=utcnow())).rowcount
+    if n:
+        field = Job.indexed if status == "indexed" else Job.failed
+        db.execute(update(Job).where(Job.id == job_id).values({field: field + n, "updated_at": utcnow()}))
+    return n
+
+
+def _set_text(db, asset: Asset, kind: str, content: str) -> None:
+    db.execute(delete(Text).where(Text.asset_id == asset.id, Text.kind == kind))
+    db.add(Text(asset_id=asset.id, kind=kind, content=content))
+
+
+def _filename_text(uri: str) -> str:
+    return Path(uri).stem.replace("_", " ").replace("-", " ").strip()
+
+
+def _payload(a: Asset, collection: str, kind: str, texts: list[Text]) -> dict:
+    own = [t for t in texts if t.asset_id == a.id]
+    caption = next((t.content for t in own if t.kind == "caption"), None) or \
+        next((t.content for t in own if t.kind == "alt"), None)
+    tags = [w.strip() for t in own if t.kind == "tags" for w in t.content.split(",") if w.strip()]
+    return {
+        "kind": kind, "asset_id": a.id, "collection": collection, "path": a.uri, "format": a.format or "",
+        "width": a.width or 0, "height": a.height or 0, "bytes": a.bytes or 0, "mtime": float(a.mtime or 0),
+        "synthetic": bool(a.synthetic), "tags": tags, "caption": caption, "media": a.media,
+        "near_dup_group": a.near_dup_group or a.id,
+    }
+
+
+# -- finalize --------------------------------------------------------------------------------------------------
+
+def try_finalize(svc: Services, job_id: int) -> bool:
+    """Finish the job when nothing of it is pending: group near-duplicates, set counts, mark done (once)."""
+    with svc.session() as db:
+        left = db.scalar(select(func.count()).select_from(Asset).where(Asset.job_id == job_id, Asset.status == "pending"))
+        if left:
+            return False
+        claimed = db.execute(update(Job).where(Job.id == job_id, Job.status == "running")
+                             .values(status="finalizing", updated_at=utcnow())).rowcount
+        db.commit()
+        if not claimed:
+            return False
+        job = db.get(Job, job_id)
+        group_near_duplicates(svc, db, job.collection_id)
+        job.status, job.finished_at = "done", utcnow()
+        db.commit()
+        return True
+
+
+def group_near_duplicates(svc: Services, db, collection_id: int) -> int:
+    """Union images whose perceptual hashes differ in <= NEAR_DUP_BITS bits; group id = smallest asset id."""
+    rows = db.execute(select(Asset.id, Asset.phash, Asset.near_dup_group).where(
+        Asset.collection_id == collection_id, Asset.status == "indexed", Asset.phash.is_not(None)).order_by(Asset.id)).all()
+    if not rows:
+        return 0
+    ids = np.array([r[0] for r in rows])
+    bits = np.unpackbits(np.array([[int(r[1][i:i + 2], 16) for i in range(0, 16, 2)] for r in rows], dtype=np.uint8), axis=1)
+    parent = list(range(len(rows)))
+
+    def find(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    for start in range(0, len(rows), 512):  # (chunk, n) Hamming distances, bounded memory
+        d = (bits[start:start + 512, None, :] != bits[None, :, :]).sum(-1)
+        for i, j in zip(*np.nonzero(d <= NEAR_DUP_BITS)):
+            a, b = find(start + i), find(j)
+            if a != b:
+                parent[max(a, b)] = min(a, b)
+    changed: dict[int, list[int]] = {}
+    for k, r in enumerate(rows):
+        group = int(ids[find(k)])
+        if r[2] != group:
+            changed.setdefault(group, []).append(int(r[0]))
+    model_spaces = list(db.scalars(select(Model.space)))
+    for group, members in changed.items():
+        db.execute(update(Asset).where(Asset.id.in_(members)).values(near_dup_group=group))
+        pids = list(db.scalars(select(Vector.point_id).where(Vector.asset_id.in_(members))))
+        for space in model_spaces:
+            if pids and space in svc.store.spaces():
+                svc.store.set_payload(space, pids, {"near_dup_group": group})
+    return sum(len(m) for m in changed.values())
+
+
+def pending_work(svc: Services) -> tuple[list[int], dict[int, list[int]], list[int]]:
+    """What an interrupted run left: (jobs to rescan, {job: pending asset ids}, jobs to finalize)."""
+    with svc.session() as db:
+        rescan = list(db.scalars(select(Job.id).where(Job.status.in_(("queued", "scanning")))))
+        running = list(db.scalars(select(Job.id).where(Job.status.in_(("running", "finalizing")))))
+        work = {}
+        for jid in running:
+            ids = list(db.scalars(select(Asset.id).where(Asset.job_id == jid, Asset.status == "pending")))
+            if ids:
+                work[jid] = ids
+        db.execute(update(Job).where(Job.status == "finalizing").values(status="running"))
+        db.commit()
+        return rescan, work, [j for j in running if j not in work]
+
+
+def fail_job(svc: Services, job_id: int, error: str) -> None:
+    with svc.session() as db:
+        db.execute(update(Job).where(Job.id == job_id).values(status="failed", error=error, finished_at=utcnow()))
+        db.commit()
+
+
+def fail_assets(svc: Services, job_id: int, asset_ids: list[int], error: str) -> dict[str, int]:
+    with svc.session() as db:
+        n = _finish(db, job_id, asset_ids, "failed", error)
+        db.commit()
+    return {"indexed": 0, "failed": n}
+
+
+# -- reports ---------------------------------------------------------------------------------------------------
+
+def _errors(db, where, limit: int) -> list[dict]:
+    rows = db.execute(select(Asset.id, Asset.uri, Asset.error).where(where, Asset.status == "failed")
+                      .order_by(Asset.id).limit(limit)).all()
+    return [{"asset_id": i, "path": u, "error": e} for i, u, e in rows]
+
+
+def _job_dict(db, job: Job, collection: str) -> dict:
+    o = job.options or {}
+    end = job.finished_at or utcnow()
+    start = job.started_at or job.created_at
+    seconds = (end - start).total_seconds() if start and end else 0.0
+    return {
+        "id": job.id, "collection": collection, "source": job.source, "status": job.status, "error": job.error,
+        "seen": job.seen, "indexed": job.indexed, "duplicates": job.duplicates, "skipped": job.skipped,
+        "failed": job.failed, "removed": o.get("removed", 0), "queued": o.get("queued", 0),
+        "done": job.indexed + job.failed - o.get("scan_failed", 0), "ocr": bool(o.get("ocr")),
+        "created_at": job.created_at.isoformat() if job.created_at else None,
+        "finished_at": job.finished_at.isoformat() if job.finished_at else None, "seconds": seconds,
+    }
+
+
+def job_summary(svc: Services, job_id: int, errors: int = 0) -> dict:
+    with svc.session() as db:
+        job = db.get(Job, job_id)
+        if job is None:
+            raise ValueError(f"no job {job_id}")
+        out = _job_dict(db, job, db.get(Collection, job.collection_id).name)
+        if errors:
+            out["errors"] = _errors(db, Asset.job_id == job_id, errors)
+        return out
+
+
+def status_report(svc: Services, collection: str | None = None, jobs: int = 10, errors: int = 20) -> dict:
+    """Collections with asset counts by status, their recent jobs and failed files."""
+    with svc.session() as db:
+        known = list(db.scalars(select(Collection.name).order_by(Collection.name)))
+        q = select(Collection).order_by(Collection.name)
+        if collection:
+            q = q.where(Collection.name == collection)
+        colls = list(db.scalars(q))
+        ids = [c.id for c in colls]
+        counts: dict[int, dict[str, int]] = {}
+        for cid, st, n in db.execute(select(Asset.collection_id, Asset.status, func.count())
+                                     .where(Asset.collection_id.in_(ids)).group_by(Asset.collection_id, Asset.status)):
+            counts.setdefault(cid, {})[st] = n
+        names = {c.id: c.name for c in colls}
+        recent = db.scalars(select(Job).where(Job.collection_id.in_(ids)).order_by(Job.id.desc()).limit(jobs))
+        return {
+            "known": known,
+            "collections": [{"name": c.name, "root": c.root, "assets": counts.get(c.id, {})} for c in colls],
+            "jobs": [_job_dict(db, j, names[j.collection_id]) for j in recent],
+            "errors": _errors(db, Asset.collection_id.in_(ids), errors),
+        }
+
+
+def simple_search(svc: Services, text: str | None = None, image: str | Path | None = None,
+                  collection: str | None = None, k: int = 10) -> dict:
+    """Images nearest to a text or an image, best first: {"hits": [...], "no_match": bool}."""
+    _, space, _ = svc.model_row()
+    if image is not None:
+        info = load_image(image, max_pixels=svc.settings.max_image_pixels,
+                          max_bytes=int(svc.settings.max_file_mb * 2**20))
+        vec = svc.model.encode_images([info.image], role="query")[0]
+    else:
+        if not text or not text.strip():
+            raise ValueError("the text query is empty; type what you are looking for")
+        vec = svc.model.encode_texts([text], role="query")[0]
+    flt = {"kind": "image", "synthetic": False}
+    if collection:
+        flt["collection"] = collection
+    hits = svc.store.search(space, np.asarray(vec, dtype=np.float32), k=k, filter=flt)
+    return {"hits": [{"id": h.payload.get("asset_id"), "score": round(float(h.score), 4),
+                      "path": h.payload.get("path"), "caption": h.payload.get("caption"),
+                      "format": h.payload.get("format"), "collection": h.payload.get("collection"),
+                      "near_dup_group": h.payload.get("near_dup_group")} for h in hits],
+            "no_match": not hits}

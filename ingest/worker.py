@@ -1,0 +1,161 @@
+"""The Celery app: the one worker entry point of ingestion.
+
+    celery -A ingest.worker worker --loglevel info          # production: OMNIBRIDGE_BROKER_URL=redis://...
+    omnibridge worker                                        # the same, from our CLI
+
+Embedded default: the broker is an SQLite file in OMNIBRIDGE_HOME and `omnibridge ingest` runs a worker inside its
+own process (`in_process_worker`), so nothing needs to be started. Tasks take ids only; the state lives in SQL.
+A worker that starts (or restarts after a crash) first re-queues what interrupted jobs left (`recover`).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from contextlib import contextmanager
+
+from celery import Celery, signals
+from celery.worker import WorkController
+
+from engine.services import get_services
+from engine.settings import Settings, get_settings
+
+from . import pipeline
+
+log = logging.getLogger(__name__)
+
+SCAN, EMBED, RECOVER = "omnibridge.ingest.scan", "omnibridge.ingest.embed", "omnibridge.ingest.recover"
+QUEUE = "omnibridge-ingest"
+
+app = Celery("omnibridge")
+
+
+def configure(settings: Settings) -> Celery:
+    """Point the app at the configured broker (called on import with the environment's settings)."""
+    settings.home.mkdir(parents=True, exist_ok=True)
+    app.conf.update(
+        broker_url=settings.celery_broker,
+        result_backend=settings.celery_backend,
+        task_default_queue=QUEUE,
+        task_serializer="json",
+        accept_content=["json"],
+        worker_prefetch_multiplier=1,
+        task_acks_late=False,  # redelivery is not needed: SQL knows what is left (see recover)
+        broker_connection_retry_on_startup=True,
+        worker_hijack_root_logger=False,
+        result_expires=3600,
+        broker_transport_options={"polling_interval": 0.2},
+    )
+    app.conf.omnibridge_settings = settings
+    return app
+
+
+def _settings() -> Settings:
+    return app.conf.get("omnibridge_settings") or get_settings()
+
+
+def _svc():
+    return get_services(_settings())
+
+
+@app.task(name=SCAN, soft_time_limit=6 * 3600, time_limit=6 * 3600 + 60)
+def scan_task(job_id: int) -> int:
+    """Walk the job's source, then queue its pending assets in batches."""
+    svc = _svc()
+    try:
+        pending = pipeline.scan(svc, job_id)
+    except pipeline.SourceError as e:
+        pipeline.fail_job(svc, job_id, str(e))
+        return 0
+    size = svc.settings.batch_size
+    for i in range(0, len(pending), size):
+        embed_task.delay(job_id, pending[i:i + size])
+    if not pending:
+        pipeline.try_finalize(svc, job_id)
+    return len(pending)
+
+
+@app.task(name=EMBED, bind=True, soft_time_limit=900, time_limit=960, max_retries=3)
+def embed_task(self, job_id: int, asset_ids: list[int]) -> dict:
+    """Embed one batch; a file that fails is recorded and never stops the job."""
+    svc = _svc()
+    try:
+        counts = pipeline.embed(svc, job_id, asset_ids)
+    except Exception as e:  # not a bad file (those are recorded inside embed): the store or the database
+        if self.request.retries < self.max_retries:
+            raise self.retry(exc=e, countdown=2 ** self.request.retries)
+        log.exception("batch of job %s failed for good", job_id)
+        counts = pipeline.fail_assets(svc, job_id, asset_ids, f"internal error while embedding: {e}")
+    pipeline.try_finalize(svc, job_id)
+    return counts
+
+
+@app.task(name=RECOVER, soft_time_limit=600, time_limit=660)
+def recover_task() -> dict:
+    return recover()
+
+
+def recover() -> dict:
+    """Re-queue what interrupted jobs left: rescans, pending batches, unfinished finalizations."""
+    svc = _svc()
+    rescan, work, finalize = pipeline.pending_work(svc)
+    size = svc.settings.batch_size
+    for jid in rescan:
+        scan_task.delay(jid)
+    for jid, ids in work.items():
+        for i in range(0, len(ids), size):
+            embed_task.delay(jid, ids[i:i + size])
+    for jid in finalize:
+        pipeline.try_finalize(svc, jid)
+    if rescan or work:
+        log.info("recovered %d jobs to rescan and %d with pending assets", len(rescan), len(work))
+    return {"rescan": rescan, "pending": {str(k): len(v) for k, v in work.items()}, "finalized": finalize}
+
+
+@signals.worker_ready.connect
+def _on_ready(sender=None, **_) -> None:
+    try:
+        recover()
+    except Exception:  # a recovery problem must not keep the worker from serving new jobs
+        log.exception("recovery of interrupted jobs failed")
+
+
+def submit(paths: list[str], collection: str, ocr: bool = False) -> int:
+    """Create an ingestion job and queue its scan; returns the job id."""
+    job_id = pipeline.create_job(_svc(), paths, collection, ocr=ocr)
+    scan_task.delay(job_id)
+    return job_id
+
+
+class _Worker(WorkController):
+    def __init__(self, *args, **kwargs):
+        self.started = threading.Event()
+        super().__init__(*args, **kwargs)
+
+    def on_consumer_ready(self, consumer):
+        self.started.set()
+
+
+@contextmanager
+def in_process_worker(concurrency: int = 1):
+    """A real Celery worker on threads inside this process (the embedded default: no worker to start)."""
+    from celery.worker import state
+
+    app.finalize()
+    app.set_current()
+    w = _Worker(app=app, concurrency=concurrency, pool="threads" if concurrency > 1 else "solo",
+                loglevel="WARNING", without_heartbeat=True, without_mingle=True, without_gossip=True,
+                hostname=f"embedded-{threading.get_ident()}@localhost")
+    t = threading.Thread(target=w.start, daemon=True, name="omnibridge-worker")
+    t.start()
+    if not w.started.wait(60):
+        raise RuntimeError(f"the embedded worker did not start; check the broker file under {_settings().home}")
+    try:
+        yield w
+    finally:
+        state.should_terminate = 0
+        t.join(30)
+        state.should_terminate = None
+
+
+configure(get_settings())
