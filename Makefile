@@ -7,6 +7,10 @@ STAMP := $(VENV)/.installed
 .PHONY: demo test test-all bench-data setup clean
 
 $(STAMP): pyproject.toml Makefile
+	# OCR (`omnibridge ingest --ocr`) uses Debian's tesseract; installed here when we may (root), else say how
+	@command -v tesseract >/dev/null || { [ "$$(id -u)" = 0 ] && (apt-get install -y -q tesseract-ocr tesseract-ocr-eng \
+		|| (apt-get update -q && apt-get install -y -q tesseract-ocr tesseract-ocr-eng)) >/dev/null; } \
+		|| echo "note: OCR needs tesseract: sudo apt-get install tesseract-ocr tesseract-ocr-eng"
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q torch==2.13.0

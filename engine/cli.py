@@ -16,10 +16,16 @@ app = typer.Typer(help="OmniBridge Search: align, evaluate and search image and 
                   no_args_is_help=True, pretty_exceptions_enable=False)
 
 @app.callback()
-def _quiet() -> None:
-    """Weight-loading progress bars from transformers would interleave with --json output."""
+def _startup() -> None:
+    """Check the configuration before any work; keep transformers' progress bars out of --json output."""
     from transformers.utils import logging as hf_logging
 
+    from .settings import SettingsError
+
+    try:
+        get_settings()
+    except SettingsError as e:
+        _fail(str(e))
     hf_logging.disable_progress_bar()
 
 
@@ -135,38 +141,41 @@ def demo(
     model: ModelOpt = None,
     query: Annotated[Optional[list[str]], typer.Option("--query", "-q", help="a text query (repeatable)")] = None,
 ) -> None:
-    """Search the bundled sample of real photos (scikit-image) and print the evaluation on it."""
+    """Index the bundled sample of real photos (scikit-image) into the embedded stores and search it."""
+    from ingest import pipeline
     from omnibridge.data import read_pairs
     from omnibridge.evaluate import evaluate
 
     from .samples import write_photo_sample
+    from .services import get_services
 
-    home = get_settings().home
-    pairs_file = write_photo_sample(home / "samples" / "photos")
-    data = read_pairs(pairs_file)
-    m = _load(model)
-    metrics = evaluate(m, data)
-    typer.echo(f"sample: {metrics['images']} photos from scikit-image in {pairs_file.parent}")
-    typer.echo(f"text->image R@1 {metrics['t2i']['r1']:.2f}  R@5 {metrics['t2i']['r5']:.2f}")
-    images = [data.load_image(i) for i in range(len(data.images))]
-    vecs = m.encode_images(images, role="document")
+    settings = get_settings()
+    if model:
+        settings = settings.model_copy(update={"model": model})
+    pairs_file = write_photo_sample(settings.home / "samples" / "photos")
+    svc = get_services(settings)
+    try:
+        svc.model
+    except ValueError as e:
+        _fail(str(e))
+    job = _run_ingest(svc, [str(pairs_file)], "samples")
+    typer.echo(f"collection 'samples': {job['indexed']} photos indexed, {job['skipped']} unchanged, "
+               f"{job['failed']} failed (scikit-image, in {pairs_file.parent}; data in {settings.home})")
+    metrics = evaluate(svc.model, read_pairs(pairs_file))
+    typer.echo(f"text->image on its {metrics['queries']} captions: R@1 {metrics['t2i']['r1']:.2f}  "
+               f"R@5 {metrics['t2i']['r5']:.2f}")
     for q in query or ["a cat", "a cup of coffee", "an astronaut in a space suit", "coins"]:
-        sims = m.encode_texts([q], role="query")[0] @ vecs.T
-        best = sims.argsort()[::-1][:3]
-        hits = ", ".join(f"{data.images[i].name} ({sims[i]:.2f})" for i in best)
-        typer.echo(f"{q!r:>34} -> {hits}")
+        hits = pipeline.simple_search(svc, text=q, collection="samples", k=3)["hits"]
+        typer.echo(f"{q!r:>34} -> " + ", ".join(f"{Path(h['path']).name} ({h['score']:.2f})" for h in hits))
+    typer.echo("search it yourself: omnibridge search \"a red flower\" --collection samples")
 
 
 # -- ingestion and search ---------------------------------------------------------------------------------------
 
 def _services():
     from .services import get_services
-    from .settings import SettingsError
 
-    try:
-        return get_services()
-    except SettingsError as e:
-        _fail(str(e))
+    return get_services()  # settings were checked at start-up
 
 
 @app.command()
@@ -178,13 +187,9 @@ def ingest(
     as_json: Annotated[bool, typer.Option("--json", help="print the summary as JSON")] = False,
 ) -> None:
     """Index a media library: new files are embedded, unchanged ones skipped, deleted ones removed."""
-    import time
-
-    from tqdm import tqdm
-
     import shutil
 
-    from ingest import pipeline, worker
+    from ingest import pipeline
 
     svc = _services()
     if ocr and not shutil.which("tesseract"):
@@ -195,40 +200,53 @@ def ingest(
         pipeline.read_source(paths)
     except pipeline.SourceError as e:
         _fail(str(e))
-    embedded = svc.settings.embedded_broker
-    ctx = worker.in_process_worker(workers) if embedded else _nullcontext()
-    with ctx:
-        if embedded:
-            worker.recover()  # finish what an interrupted `omnibridge ingest` left
-        job_id = worker.submit(paths, collection, ocr=ocr)
-        bar = tqdm(total=None, unit="file", desc=f"job {job_id}", disable=as_json, dynamic_ncols=True)
-        started, warned = time.monotonic(), False
-        while True:
-            job = pipeline.job_summary(svc, job_id)
-            if job["status"] in ("running", "finalizing", "done") and bar.total is None:
-                bar.reset(total=job["queued"])
-            bar.n = job["done"]
-            bar.set_postfix(status=job["status"], refresh=False)
-            bar.refresh()
-            if job["status"] in ("done", "failed"):
-                break
-            if not embedded and not warned and job["status"] == "queued" and time.monotonic() - started > 15:
-                bar.write("no worker has picked the job up yet: start one with `omnibridge worker` "
-                          f"(broker {svc.settings.broker_url})")
-                warned = True
-            time.sleep(0.3)
-        bar.close()
-    _print_summary(pipeline.job_summary(svc, job_id, errors=50), as_json)
+    job = _run_ingest(svc, paths, collection, ocr=ocr, workers=workers, quiet=as_json)
+    _print_summary(job, as_json)
     if job["status"] == "failed":
         raise typer.Exit(1)
 
 
-class _nullcontext:
-    def __enter__(self):
-        return None
+def _run_ingest(svc, paths: list[str], collection: str, ocr: bool = False, workers: int = 1,
+                quiet: bool = False) -> dict:
+    """Submit a job and follow it with a progress bar; embedded default: run the worker in this process."""
+    import time
+    from contextlib import nullcontext
 
-    def __exit__(self, *exc):
-        return False
+    from tqdm import tqdm
+
+    from ingest import pipeline, worker
+
+    embedded = svc.settings.embedded_broker
+    if not embedded and workers > 1:
+        typer.echo(f"note: --workers applies to the embedded worker; with {svc.settings.broker_url} scale with "
+                   "`omnibridge worker --concurrency N` or more worker processes", err=True)
+    job_id = None
+    try:
+        with worker.in_process_worker(workers) if embedded else nullcontext():
+            if embedded:
+                worker.recover()  # finish what an interrupted `omnibridge ingest` left
+            job_id = worker.submit(paths, collection, ocr=ocr)
+            bar = tqdm(total=None, unit="file", desc=f"job {job_id}", disable=quiet, dynamic_ncols=True)
+            started, warned = time.monotonic(), False
+            while True:
+                job = pipeline.job_summary(svc, job_id)
+                if job["status"] in ("running", "finalizing", "done") and bar.total is None:
+                    bar.reset(total=job["queued"])
+                bar.n = job["done"]
+                bar.set_postfix(status=job["status"], refresh=False)
+                bar.refresh()
+                if job["status"] in ("done", "failed"):
+                    break
+                if not embedded and not warned and job["status"] == "queued" and time.monotonic() - started > 15:
+                    bar.write("no worker has picked the job up yet: start one with `omnibridge worker` "
+                              f"(broker {svc.settings.broker_url})")
+                    warned = True
+                time.sleep(0.3)
+            bar.close()
+    except KeyboardInterrupt:
+        where = "the next `omnibridge ingest` finishes it" if embedded else "the workers carry on with it"
+        _fail(f"interrupted; job {job_id} keeps what is done and {where}" if job_id else "interrupted")
+    return pipeline.job_summary(svc, job_id, errors=50)
 
 
 def _print_summary(job: dict, as_json: bool) -> None:

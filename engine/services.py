@@ -69,12 +69,13 @@ class Services:
         """The VectorStore: a Qdrant server, or the embedded Edge store shared between processes."""
         with self._lock:
             if self._store is None:
-                from .vectors import EdgeStore, QdrantServerStore
-
                 s = self.settings
                 if s.qdrant_url:
+                    from .qdrant_store import QdrantServerStore
+
                     self._store = QdrantServerStore(s.qdrant_url, api_key=s.qdrant_api_key, prefix=s.qdrant_prefix)
                 else:
+                    from .edge_store import EdgeStore
                     from .shared_store import SharedStore
 
                     root = s.qdrant_path
