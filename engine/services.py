@@ -66,21 +66,10 @@ class Services:
 
     @property
     def store(self):
-        """The VectorStore: a Qdrant server, or the embedded Edge store shared between processes."""
+        """The VectorStore: a Qdrant server, or the embedded Edge store (one per process and folder, see open_store)."""
         with self._lock:
             if self._store is None:
-                s = self.settings
-                if s.qdrant_url:
-                    from .qdrant_store import QdrantServerStore
-
-                    self._store = QdrantServerStore(s.qdrant_url, api_key=s.qdrant_api_key, prefix=s.qdrant_prefix)
-                else:
-                    from .edge_store import EdgeStore
-                    from .shared_store import SharedStore
-
-                    root = s.qdrant_path
-                    root.mkdir(parents=True, exist_ok=True)
-                    self._store = SharedStore(root, lambda: EdgeStore(root))
+                self._store = open_store(self.settings)
             return self._store
 
     @property
@@ -111,10 +100,46 @@ class Services:
             return self._model_row
 
     def close(self) -> None:
+        """Release the vector store (the embedded one is handed to the next process that needs it)."""
         with self._lock:
             if self._store is not None:
-                self._store.close()
+                close_store(self.settings)
                 self._store = None
+
+
+_stores: dict[str, object] = {}
+_stores_lock = threading.Lock()
+
+
+def _store_key(s: Settings) -> str:
+    return f"url:{s.qdrant_url}:{s.qdrant_prefix}" if s.qdrant_url else f"edge:{s.qdrant_path.resolve()}"
+
+
+def open_store(s: Settings):
+    """The process's store for these settings: a Qdrant server client, or the shared owner/client of the Edge
+    folder. One per folder per process, whatever the model: a second open of an Edge folder would fail on its lock."""
+    key = _store_key(s)
+    with _stores_lock:
+        if key not in _stores:
+            if s.qdrant_url:
+                from .qdrant_store import QdrantServerStore
+
+                _stores[key] = QdrantServerStore(s.qdrant_url, api_key=s.qdrant_api_key, prefix=s.qdrant_prefix)
+            else:
+                from .edge_store import EdgeStore
+                from .shared_store import SharedStore
+
+                root = s.qdrant_path
+                root.mkdir(parents=True, exist_ok=True)
+                _stores[key] = SharedStore(root, lambda: EdgeStore(root))
+        return _stores[key]
+
+
+def close_store(s: Settings) -> None:
+    with _stores_lock:
+        store = _stores.pop(_store_key(s), None)
+    if store is not None:
+        store.close()
 
 
 _services: dict[tuple, Services] = {}

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -40,6 +40,7 @@ class SourceError(ValueError):
 class Item:
     path: Path
     captions: list[str]
+    tags: list[str] = field(default_factory=list)
 
 
 def read_source(paths: list[str]) -> tuple[list[Item], list[Path]]:
@@ -63,7 +64,9 @@ def read_source(paths: list[str]) -> tuple[list[Item], list[Path]]:
                         items.setdefault(f, Item(f, []))
         elif p.suffix.lower() == ".jsonl":
             for item in _read_pairs(p):
-                items.setdefault(item.path, Item(item.path, [])).captions.extend(item.captions)
+                known = items.setdefault(item.path, Item(item.path, []))
+                known.captions.extend(item.captions)
+                known.tags.extend(t for t in item.tags if t not in known.tags)
         elif media_kind(p):
             items.setdefault(p, Item(p, []))
         else:
@@ -82,8 +85,12 @@ def _read_pairs(path: Path) -> list[Item]:
             image = (path.parent / row["image"]).resolve()
         except (json.JSONDecodeError, KeyError, TypeError) as e:
             raise SourceError(f"{path}:{n}: expected a JSON object with \"image\" and \"caption\" ({e})") from None
-        captions = row.get("caption") or []
-        out.append(Item(image, [captions] if isinstance(captions, str) else list(captions)))
+        captions, tags = row.get("caption") or [], row.get("tags") or []
+        if not isinstance(captions, (str, list)) or not isinstance(tags, (str, list)):
+            raise SourceError(f"{path}:{n}: \"caption\" and \"tags\" must be a string or a list of strings")
+        captions = [captions] if isinstance(captions, str) else [str(c) for c in captions]
+        tags = [t.strip() for t in tags.split(",")] if isinstance(tags, str) else [str(t).strip() for t in tags]
+        out.append(Item(image, captions, [t for t in tags if t]))
     return out
 
 
@@ -118,6 +125,8 @@ def scan(svc: Services, job_id: int) -> list[int]:
         db.commit()
         items, roots = read_source(job.options["paths"])
         cid = job.collection_id
+        model_id = svc.model_row()[0]
+        in_space = set(db.scalars(select(Vector.asset_id).where(Vector.model_id == model_id).distinct()))
         existing = {a.uri: a for a in db.scalars(select(Asset).where(Asset.collection_id == cid))}
         by_sha = {a.sha256: a for a in existing.values() if a.status in ("indexed", "pending") and a.sha256}
         seen = skipped = duplicates = failed = 0
@@ -131,16 +140,20 @@ def scan(svc: Services, job_id: int) -> list[int]:
                 failed += 1
                 log.warning("%s: %s", uri, e)
                 continue
-            if asset is not None and asset.bytes == st.st_size and asset.mtime == st.st_mtime and asset.status != "pending":
-                _attach_captions(db, asset, item.captions)
-                skipped += 1
-                continue
-            sha = sha256_file(item.path)
-            if asset is not None and asset.sha256 == sha and asset.status != "pending":
+            sha, unchanged = None, False
+            if asset is not None and asset.status != "pending" and asset.bytes == st.st_size:
+                if asset.mtime != st.st_mtime:  # touched: unchanged only if the content is the same
+                    sha = sha256_file(item.path)
+                unchanged = asset.mtime == st.st_mtime or sha == asset.sha256
+            if unchanged:
                 asset.mtime = st.st_mtime  # touched, not changed
-                _attach_captions(db, asset, item.captions)
-                skipped += 1
+                _attach_captions(db, asset, item.captions, item.tags)
+                if asset.status == "indexed" and asset.id not in in_space:
+                    asset.status = "pending"  # indexed by another model: embed it into this model's space too
+                if asset.status != "pending":
+                    skipped += 1
                 continue
+            sha = sha or sha256_file(item.path)
             if asset is None:
                 asset = Asset(collection_id=cid, uri=uri, media=media_kind(item.path))
                 db.add(asset)
@@ -158,7 +171,7 @@ def scan(svc: Services, job_id: int) -> list[int]:
                 asset.status = "pending"
                 by_sha[sha] = asset
             db.flush()
-            _attach_captions(db, asset, item.captions)
+            _attach_captions(db, asset, item.captions, item.tags)
         removed = _remove_missing(svc, db, cid, roots, {str(i.path) for i in items})
         pending = list(db.scalars(select(Asset.id).where(Asset.collection_id == cid, Asset.status == "pending")
                                   .order_by(Asset.id)))
@@ -170,7 +183,17 @@ def scan(svc: Services, job_id: int) -> list[int]:
         return pending
 
 
-def _attach_captions(db, asset: Asset, captions: list[str]) -> None:
+def _attach_captions(db, asset: Asset, captions: list[str], tags: list[str] = ()) -> None:
+    """Add new captions (each embedded as a text) and tags (one comma-separated text, for filters and keywords)."""
+    if tags:
+        old = db.scalar(select(Text).where(Text.asset_id == asset.id, Text.kind == "tags"))
+        merged = list(dict.fromkeys([*(old.content.split(", ") if old else []), *tags]))
+        if old is None:
+            db.add(Text(asset_id=asset.id, kind="tags", content=", ".join(merged)))
+        elif merged != old.content.split(", "):
+            old.content = ", ".join(merged)
+            if asset.status == "indexed":  # payload tags change: upsert again
+                asset.status = "pending"
     if not captions:
         return
     have = {t.content for t in db.scalars(select(Text).where(Text.asset_id == asset.id, Text.kind == "caption"))}
@@ -244,7 +267,7 @@ def embed(svc: Services, job_id: int, asset_ids: list[int]) -> dict[str, int]:
                     _set_text(db, a, "document", load_text(a.uri, max_bytes=int(s.max_file_mb * 2**20)))
             except (MediaError, OSError) as e:
                 failed.append((a, str(e)))
-        db.flush()
+        db.commit()  # texts get their final ids before any point is written, so a redo reuses the same point ids
         texts = list(db.scalars(select(Text).where(Text.asset_id.in_([a.id for a in assets]),
                                                    Text.kind.in_(EMBEDDED_TEXT_KINDS)).order_by(Text.id)))
         ok_ids = {a.id for a in assets} - {a.id for a, _ in failed}
@@ -267,7 +290,11 @@ def embed(svc: Services, job_id: int, asset_ids: list[int]) -> dict[str, int]:
                 rows.append(Vector(model_id=model_id, asset_id=t.asset_id, text_id=t.id, point_id=pid, kind="text"))
         if ids:
             svc.store.upsert(space, ids, np.stack(vecs).astype(np.float32), payloads)
-        db.execute(delete(Vector).where(Vector.model_id == model_id, Vector.point_id.in_(ids)))
+        old = set(db.scalars(select(Vector.point_id).where(Vector.model_id == model_id,
+                                                           Vector.asset_id.in_([a.id for a in assets]))))
+        if old - set(ids):  # points of texts that are gone (e.g. OCR that found nothing this time)
+            svc.store.delete(space, sorted(old - set(ids)))
+        db.execute(delete(Vector).where(Vector.model_id == model_id, Vector.asset_id.in_([a.id for a in assets])))
         db.add_all(rows)
         db.commit()  # vectors rows and texts first; statuses next, conditionally, so a redo counts nothing twice
         indexed = _finish(db, job_id, [a.id for a in assets if a.id in ok_ids], "indexed", None)
@@ -290,8 +317,12 @@ def _finish(db, job_id: int, ids: list[int], status: str, error: str | None) -> 
 
 
 def _set_text(db, asset: Asset, kind: str, content: str) -> None:
-    db.execute(delete(Text).where(Text.asset_id == asset.id, Text.kind == kind))
-    db.add(Text(asset_id=asset.id, kind=kind, content=content))
+    """The asset's one text of this kind, updated in place so its id (and point id) stays the same."""
+    row = db.scalar(select(Text).where(Text.asset_id == asset.id, Text.kind == kind))
+    if row is None:
+        db.add(Text(asset_id=asset.id, kind=kind, content=content))
+    elif row.content != content:
+        row.content = content
 
 
 def _filename_text(uri: str) -> str:

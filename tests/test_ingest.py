@@ -176,3 +176,24 @@ def test_ocr_text_becomes_searchable(tmp_path, model):
     assert "INVOICE" in ocr
     _, space, _ = svc.model_row()
     assert svc.store.count(space, {"kind": "text"}) == 1
+
+
+def test_a_new_model_is_indexed_beside_the_old_one(tmp_path, photos, model):
+    """Switching models without downtime: the new model's space fills while the old one keeps answering."""
+    from omnibridge import load_model
+
+    old = make_services(tmp_path / "home", model)
+    run_job(old, [photos.parent / "images"])
+    _, old_space, _ = old.model_row()
+
+    new = Services(load_settings(home=tmp_path / "home", batch_size=8, model="bridge"))
+    new._model = load_model("bridge", device="cpu")
+    _, new_space, _ = new.model_row()
+    assert new_space != old_space
+    job = run_job(new, [photos.parent / "images"])
+    assert job["indexed"] == 21 and job["skipped"] == 0  # unchanged files, but new to this model
+    assert old.store.count(old_space) == old.store.count(new_space) == 21
+    assert run_job(new, [photos.parent / "images"])["skipped"] == 21  # and now nothing is left to do
+    for svc in (old, new):
+        hits = pipeline.simple_search(svc, image=photos.parent / "images" / "horse.png", k=1)["hits"]
+        assert hits[0]["path"].endswith("horse.png")
