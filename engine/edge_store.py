@@ -58,13 +58,17 @@ class EdgeStore:
     fsync: flush (fsync) after every write so it survives an OS crash, not only a killed process (see above).
     indexing_threshold_kb: `optimize` builds an HNSW graph for segments holding more vector data than this;
     smaller spaces are searched exactly, which is faster at that size (10 MB = about 6.5k 384-d vectors).
+    hnsw_ef: beam width of approximate searches (more = better recall, slower); None = Edge's default, which is
+    ef_construct (100). See bench/STORE_RESULTS.md for what it buys on 384-d vectors.
     """
 
-    def __init__(self, root: Path, *, fsync: bool = True, indexing_threshold_kb: int = 10_000):
+    def __init__(self, root: Path, *, fsync: bool = True, indexing_threshold_kb: int = 10_000,
+                 hnsw_ef: int | None = None):
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
         self.fsync = fsync
         self.indexing_threshold_kb = indexing_threshold_kb
+        self.hnsw_ef = hnsw_ef
         self._shards: dict[str, tuple[EdgeShard, int]] = {}  # space -> (open shard, dim)
         self._lock = threading.RLock()  # guards opening and closing shards
         self._closed = False
@@ -122,7 +126,7 @@ class EdgeStore:
         vector = check_query(vector, dim, k, offset)  # (dim,) float32
         request = QueryRequest(limit=int(k), offset=int(offset), query=Query.Nearest(vector, using=space),
                                filter=edge_filter(parse_filter(filter)), with_payload=True, with_vector=False,
-                               params=SearchParams(exact=bool(exact)))
+                               params=SearchParams(exact=bool(exact), hnsw_ef=self.hnsw_ef))
         return [Hit(str(p.id), float(p.score), dict(p.payload or {})) for p in shard.query(request)]
 
     def count(self, space: str, filter: dict | None = None) -> int:

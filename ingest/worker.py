@@ -43,8 +43,7 @@ def configure(settings: Settings) -> Celery:
         task_acks_late=False,  # redelivery is not needed: SQL knows what is left (see recover)
         broker_connection_retry_on_startup=True,
         worker_hijack_root_logger=False,
-        result_expires=3600,
-        broker_transport_options={"polling_interval": 0.2},
+        task_ignore_result=True,  # outcomes live in SQL (jobs, assets), not in Celery results
     )
     app.conf.omnibridge_settings = settings
     return app

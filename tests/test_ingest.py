@@ -82,7 +82,7 @@ def test_pipeline_indexes_a_messy_library(tmp_path, photos, model):
         big = db.scalar(select(Asset).where(Asset.uri.endswith("chelsea.png")))
         assert small.near_dup_group == big.near_dup_group == min(small.id, big.id)
         coffee = db.scalar(select(Asset).where(Asset.uri.endswith("/coffee.png")))
-        assert coffee.near_dup_group == coffee.id and (coffee.width, coffee.height, coffee.format) == (400, 400, "PNG")
+        assert coffee.near_dup_group == coffee.id and (coffee.width, coffee.height, coffee.format) == (600, 400, "PNG")
         n_texts = db.scalar(select(func.count()).select_from(Text).where(Text.kind.in_(pipeline.EMBEDDED_TEXT_KINDS)))
         n_vectors = db.scalar(select(func.count()).select_from(Vector))
     assert svc.store.count(space, {"kind": "image"}) == 7
