@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from .settings import Settings
@@ -92,9 +93,13 @@ class Services:
                 with self.session() as db:
                     row = db.scalar(select(Model).where(Model.space == space))
                     if row is None:
-                        row = Model(name=label, version=version, space=space, dim=self.model.dim)
-                        db.add(row)
-                        db.commit()
+                        try:
+                            row = Model(name=label, version=version, space=space, dim=self.model.dim)
+                            db.add(row)
+                            db.commit()
+                        except IntegrityError:  # another process registered it at the same moment
+                            db.rollback()
+                            row = db.scalar(select(Model).where(Model.space == space))
                     self._model_row = (row.id, row.space, row.dim)
                 self.store.ensure_space(self._model_row[1], self._model_row[2])
             return self._model_row
@@ -126,12 +131,12 @@ def open_store(s: Settings):
 
                 _stores[key] = QdrantServerStore(s.qdrant_url, api_key=s.qdrant_api_key, prefix=s.qdrant_prefix)
             else:
-                from .edge_store import EdgeStore
+                from .edge_store import EdgeStore, ShardLocked
                 from .shared_store import SharedStore
 
                 root = s.qdrant_path
                 root.mkdir(parents=True, exist_ok=True)
-                _stores[key] = SharedStore(root, lambda: EdgeStore(root))
+                _stores[key] = SharedStore(root, lambda: EdgeStore(root), busy=(ShardLocked,))
         return _stores[key]
 
 

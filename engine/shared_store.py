@@ -41,9 +41,11 @@ class StoreUnavailable(RuntimeError):
 class SharedStore:
     """A VectorStore (see engine.vectors) that is either the owner of `root` or a client of its owner."""
 
-    def __init__(self, root: Path, factory: Callable[[], object]):
+    def __init__(self, root: Path, factory: Callable[[], object], busy: tuple[type[Exception], ...] = ()):
+        """`busy`: errors of the real store meaning "the previous owner has not let go yet" (retried briefly)."""
         self.root = Path(root)
         self.factory = factory
+        self.busy = busy
         self._lock = threading.RLock()  # one call at a time through this object
         self._file_lock = FileLock(str(self.root / "owner.lock"))
         self._local = None  # the real store, when this process owns it
@@ -112,7 +114,7 @@ class SharedStore:
             for attempt in range(CALL_RETRIES):
                 self._attach()
                 if self._local is not None:
-                    return getattr(self._local, method)(*args, **kwargs)
+                    return self._call_local(method, args, kwargs)
                 try:
                     self._conn.send((method, args, kwargs))
                     ok, value = self._conn.recv()
@@ -126,6 +128,16 @@ class SharedStore:
                 raise (ValueError if kind == "ValueError" else RuntimeError)(message)
             raise StoreUnavailable(f"the process owning the vector store at {self.root} kept going away; "
                                    "check that no process is stuck (see owner.json there for its pid)")
+
+    def _call_local(self, method: str, args: tuple, kwargs: dict):
+        deadline = time.monotonic() + CONNECT_TIMEOUT
+        while True:
+            try:
+                return getattr(self._local, method)(*args, **kwargs)
+            except self.busy:  # a previous owner dropped the lock file first and is still closing its shards
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.1)
 
     def _attach(self) -> None:
         """Become the owner if nobody is, else connect to the owner (retrying while one starts or leaves)."""
@@ -206,7 +218,7 @@ class SharedStore:
                 with self._lock:
                     if self._local is None:  # closed while this call waited: the client reconnects
                         return
-                    result = getattr(self._local, method)(*args, **kwargs)
+                    result = self._call_local(method, args, kwargs)
                 reply = (True, result)
             except Exception as e:  # sent back to the caller, who raises it
                 kind = "ValueError" if isinstance(e, ValueError) else type(e).__name__

@@ -16,6 +16,7 @@ from contextlib import contextmanager
 
 from celery import Celery, signals
 from celery.worker import WorkController
+from tenacity import Retrying, retry_if_not_exception_type, stop_after_attempt, wait_exponential
 
 from engine.services import get_services
 from engine.settings import Settings, get_settings
@@ -57,14 +58,26 @@ def _svc():
     return get_services(_settings())
 
 
+def _retrying() -> Retrying:
+    """Transient trouble (a busy database, the store's owner changing hands) is retried inside the task: no
+    re-queueing, so it works the same on every broker."""
+    return Retrying(stop=stop_after_attempt(4), wait=wait_exponential(multiplier=0.5, max=8), reraise=True,
+                    retry=retry_if_not_exception_type(pipeline.SourceError),
+                    before_sleep=lambda rs: log.warning("retrying after: %s", rs.outcome.exception()))
+
+
 @app.task(name=SCAN, soft_time_limit=6 * 3600, time_limit=6 * 3600 + 60)
 def scan_task(job_id: int) -> int:
     """Walk the job's source, then queue its pending assets in batches."""
     svc = _svc()
     try:
-        pending = pipeline.scan(svc, job_id)
+        pending = _retrying()(pipeline.scan, svc, job_id)
     except pipeline.SourceError as e:
         pipeline.fail_job(svc, job_id, str(e))
+        return 0
+    except Exception as e:  # not a bad file: the database or the vector store, for good
+        log.exception("scan of job %s failed", job_id)
+        pipeline.fail_job(svc, job_id, f"scan failed: {e}")
         return 0
     size = svc.settings.batch_size
     for i in range(0, len(pending), size):
@@ -74,15 +87,13 @@ def scan_task(job_id: int) -> int:
     return len(pending)
 
 
-@app.task(name=EMBED, bind=True, soft_time_limit=900, time_limit=960, max_retries=3)
-def embed_task(self, job_id: int, asset_ids: list[int]) -> dict:
+@app.task(name=EMBED, soft_time_limit=900, time_limit=960)
+def embed_task(job_id: int, asset_ids: list[int]) -> dict:
     """Embed one batch; a file that fails is recorded and never stops the job."""
     svc = _svc()
     try:
-        counts = pipeline.embed(svc, job_id, asset_ids)
+        counts = _retrying()(pipeline.embed, svc, job_id, asset_ids)
     except Exception as e:  # not a bad file (those are recorded inside embed): the store or the database
-        if self.request.retries < self.max_retries:
-            raise self.retry(exc=e, countdown=2 ** self.request.retries)
         log.exception("batch of job %s failed for good", job_id)
         counts = pipeline.fail_assets(svc, job_id, asset_ids, f"internal error while embedding: {e}")
     pipeline.try_finalize(svc, job_id)
@@ -140,6 +151,9 @@ def in_process_worker(concurrency: int = 1):
     """A real Celery worker on threads inside this process (the embedded default: no worker to start)."""
     from celery.worker import state
 
+    if not logging.getLogger().handlers:  # task errors must reach the terminal, not vanish
+        logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("kombu.connection").setLevel(logging.ERROR)  # "no hostname" on the SQLite broker URL
     app.finalize()
     app.set_current()
     w = _Worker(app=app, concurrency=concurrency, pool="threads" if concurrency > 1 else "solo",

@@ -17,6 +17,7 @@ from engine.samples import write_photo_sample
 from engine.services import Services
 from engine.settings import load_settings
 from ingest import pipeline
+from tests.pg import fresh_pg_database
 
 
 @pytest.fixture(scope="session")
@@ -31,8 +32,18 @@ def photos(tmp_path_factory) -> Path:
     return write_photo_sample(tmp_path_factory.mktemp("photos"))  # pairs.jsonl beside images/
 
 
-def make_services(home: Path, model) -> Services:
-    svc = Services(load_settings(home=home, batch_size=8))
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request):
+    """The embedded SQLite default, and a throwaway database on the PostgreSQL server of the project's machines."""
+    if request.param == "sqlite":
+        yield None
+    else:
+        with fresh_pg_database() as url:
+            yield url
+
+
+def make_services(home: Path, model, database_url: str | None = None) -> Services:
+    svc = Services(load_settings(home=home, batch_size=8, database_url=database_url))
     svc._model = model  # loaded once per test session
     return svc
 
@@ -63,8 +74,8 @@ def library(root: Path, photos: Path, names=("coffee", "chelsea", "astronaut", "
     return lib
 
 
-def test_pipeline_indexes_a_messy_library(tmp_path, photos, model):
-    svc = make_services(tmp_path / "home", model)
+def test_pipeline_indexes_a_messy_library(tmp_path, photos, model, database_url):
+    svc = make_services(tmp_path / "home", model, database_url)
     lib = library(tmp_path, photos)
     job = run_job(svc, [lib])
     assert job["status"] == "done"
@@ -92,8 +103,8 @@ def test_pipeline_indexes_a_messy_library(tmp_path, photos, model):
     assert hit[1]["near_dup_group"] == big.id and hit[1]["collection"] == "c"
 
 
-def test_second_run_adds_nothing_and_changes_are_tracked(tmp_path, photos, model):
-    svc = make_services(tmp_path / "home", model)
+def test_second_run_adds_nothing_and_changes_are_tracked(tmp_path, photos, model, database_url):
+    svc = make_services(tmp_path / "home", model, database_url)
     lib = library(tmp_path, photos)
     run_job(svc, [lib])
     _, space, _ = svc.model_row()
@@ -145,8 +156,8 @@ def test_bad_source_is_refused_before_anything_is_stored(tmp_path, model):
     assert pipeline.status_report(svc)["collections"] == []
 
 
-def test_an_interrupted_job_is_finished_by_recovery(tmp_path, photos, model):
-    svc = make_services(tmp_path / "home", model)
+def test_an_interrupted_job_is_finished_by_recovery(tmp_path, photos, model, database_url):
+    svc = make_services(tmp_path / "home", model, database_url)
     job = pipeline.create_job(svc, [str(photos.parent / "images")], "c")
     pending = pipeline.scan(svc, job)
     pipeline.embed(svc, job, pending[:5])  # then the worker "dies"

@@ -121,9 +121,10 @@ def test_embedded_ingest_while_other_processes_search(tmp_path):
     env = env_for(home)
     ingest = subprocess.Popen([sys.executable, "-m", "engine.cli", "ingest", str(lib), "--collection", "lib", "--json"],
                               env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    results = []
+    results, deadline = [], time.monotonic() + 600
     try:
         while ingest.poll() is None or not results:
+            assert time.monotonic() < deadline, "the ingest did not finish in 10 minutes"
             r = cli("search", "--image", str(lib / "img0003.png"), "--k", "5", "--json", env=env)
             assert r.returncode == 0, r.stderr
             assert "WouldBlock" not in r.stderr and "lock" not in r.stderr.lower(), r.stderr
