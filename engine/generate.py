@@ -144,19 +144,8 @@ class Generator:
         if not spec:
             raise GeneratorUnavailable(f"no generator is configured; {CONFIGURE}")
         device = torch.device(device) if device else default_device()
-        dtype = torch.float16 if device.type == "cuda" else torch.float32
         try:
-            from diffusers import AutoPipelineForImage2Image, DiffusionPipeline
-        except ImportError as e:
-            raise GeneratorUnavailable(f"generation needs diffusers ({e}); pip install diffusers") from e
-        try:
-            try:
-                pipe = AutoPipelineForImage2Image.from_pretrained(spec, dtype=dtype)
-            except ValueError as e:  # "AutoPipeline can't find a pipeline linked to ...": build img2img from it
-                try:
-                    pipe = AutoPipelineForImage2Image.from_pipe(DiffusionPipeline.from_pretrained(spec, dtype=dtype))
-                except Exception:
-                    raise e from None
+            pipe = _load_img2img(spec, torch.float16 if device.type == "cuda" else torch.float32)
         except Exception as e:
             raise GeneratorUnavailable(_load_failure(spec, e)) from e
         pipe.to(device)
@@ -174,11 +163,15 @@ class Generator:
         """params.n image-to-image variants of `image`, variant i seeded with params.seed + i."""
         # 1. Check inputs
         params = (params or GenerationParams()).check()
+        if not isinstance(image, Image.Image):
+            raise ValueError(f"image must be a PIL image (open the retrieved file first), got {type(image).__name__}")
         if not isinstance(prompt, str):
             raise ValueError(f"prompt must be a string (the caption or the query), got {type(prompt).__name__}")
-        conditioning = {"prompt": prompt}
-        if prompt_embeds is not None:
-            conditioning = self._embeds_conditioning(prompt_embeds)
+        conditioning = {"prompt": prompt} if prompt_embeds is None else self._embeds_conditioning(prompt_embeds)
+        if on_step is not None and "callback_on_step_end" not in self._call_args:
+            raise ValueError(f"{type(self.pipe).__name__} takes no step callback; call generate without on_step")
+        used = "generation_queries" if "prompt_embeds" in conditioning else "prompt"
+        record = {**dataclasses.asdict(params), "conditioning": used}
         # 2. Source image at the model's native resolution
         source = _fit(to_rgb(image), _native_side(self.pipe), 8 * getattr(self.pipe, "vae_scale_factor", 8))
         # 3. One call per variant, each with its own CPU-seeded generator, so a variant's seed alone reproduces it
@@ -204,7 +197,7 @@ class Generator:
                     seed=seed,
                     prompt=prompt,
                     model=self.spec,
-                    params={**dataclasses.asdict(params), "conditioning": "prompt" if prompt_embeds is None else "generation_queries"},
+                    params=dict(record),
                     nsfw=bool(flags[0]) if flags else None,
                 )
             )
@@ -219,7 +212,7 @@ class Generator:
                 "embeddings); use a single-text-encoder checkpoint such as Stable Diffusion 1.x/2.x, or the prompt"
             )
         if embeds.ndim != 3 or embeds.shape[0] != 1:
-            raise ValueError(f"prompt_embeds must be 1 s d (one conditioning per source image), got {tuple(embeds.shape)}")
+            raise ValueError(f"prompt_embeds must be 1 s d (one per source image), got {tuple(embeds.shape)}")
         width = text_encoder_width(self.pipe)
         if embeds.shape[-1] != width:
             raise ValueError(
@@ -236,6 +229,20 @@ class Generator:
         return out
 
 
+def _load_img2img(spec: str, dtype: torch.dtype):
+    """The checkpoint's image-to-image pipeline; a pipeline the auto mapping does not know by its class name is
+    loaded as itself and converted with `from_pipe` (text-to-image -> image-to-image, sharing its modules)."""
+    from diffusers import AutoPipelineForImage2Image, DiffusionPipeline
+
+    try:
+        return AutoPipelineForImage2Image.from_pretrained(spec, dtype=dtype)
+    except ValueError as e:  # "AutoPipeline can't find a pipeline linked to ..."
+        try:
+            return AutoPipelineForImage2Image.from_pipe(DiffusionPipeline.from_pretrained(spec, dtype=dtype))
+        except Exception:
+            raise e from None
+
+
 def _step_callback(on_step: Callable[[int, int], None], variant: int):
     def callback(pipe, step: int, timestep, tensors: dict) -> dict:
         on_step(variant, step)
@@ -247,7 +254,8 @@ def _step_callback(on_step: Callable[[int, int], None], variant: int):
 def _native_side(pipe) -> int:
     """The longer image side (pixels) the checkpoint was trained at: latent sample size x VAE scale factor."""
     denoiser = getattr(pipe, "unet", None) or getattr(pipe, "transformer", None)
-    latent = getattr(pipe, "default_sample_size", None) or getattr(getattr(denoiser, "config", None), "sample_size", None)
+    config = getattr(denoiser, "config", None)
+    latent = getattr(pipe, "default_sample_size", None) or getattr(config, "sample_size", None)
     if isinstance(latent, (list, tuple)):
         latent = max(latent)
     return int(latent or 64) * getattr(pipe, "vae_scale_factor", 8)
@@ -264,7 +272,9 @@ def _load_failure(spec: str, error: Exception) -> str:
     """The message for a generator that does not load: the value, the error and the fix."""
     path = Path(spec).expanduser()
     reason = f"{type(error).__name__}: {error}".strip()
-    if path.is_dir() and not (path / "model_index.json").is_file():
+    if isinstance(error, ImportError):
+        fix = "pip install the missing package named above (generation itself needs: pip install diffusers)"
+    elif path.is_dir() and not (path / "model_index.json").is_file():
         fix = (
             f"{spec} is not a diffusers pipeline folder (no model_index.json); point OMNIBRIDGE_GENERATOR at a folder "
             "written by pipeline.save_pretrained(...) or at a hub id"

@@ -12,7 +12,14 @@ from PIL import Image
 
 pytest.importorskip("diffusers")
 
-from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionImg2ImgPipeline, UNet2DConditionModel  # noqa: E402
+from diffusers import (  # noqa: E402
+    AutoencoderKL,
+    AutoPipelineForImage2Image,
+    DDIMScheduler,
+    StableDiffusionImg2ImgPipeline,
+    StableDiffusionPipeline,
+    UNet2DConditionModel,
+)
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer  # noqa: E402
 
 from engine.generate import (  # noqa: E402
@@ -93,6 +100,21 @@ def test_loads_a_local_folder(gen, folder):
     assert type(gen.pipe).__name__ == "StableDiffusionImg2ImgPipeline"
     assert gen.spec == str(folder) and gen.device.type == "cpu"
     assert text_encoder_width(gen.pipe) == WIDTH
+
+
+def test_a_text_to_image_checkpoint_loads_as_image_to_image(folder, tmp_path, monkeypatch, source):
+    StableDiffusionPipeline(**StableDiffusionImg2ImgPipeline.from_pretrained(folder).components).save_pretrained(
+        tmp_path / "t2i"
+    )
+    assert Generator.load(str(tmp_path / "t2i"), "cpu").pipe.__class__ is StableDiffusionImg2ImgPipeline
+
+    def unmapped(*args, **kwargs):  # as for a checkpoint whose class name the auto mapping does not list
+        raise ValueError("AutoPipeline can't find a pipeline linked to SomePipeline for None")
+
+    monkeypatch.setattr(AutoPipelineForImage2Image, "from_pretrained", unmapped)
+    gen = Generator.load(str(tmp_path / "t2i"), "cpu")  # DiffusionPipeline.from_pretrained + from_pipe
+    assert gen.pipe.__class__ is StableDiffusionImg2ImgPipeline
+    assert len(gen.generate(source, "a cat", FAST)) == 1
 
 
 def test_variants_come_with_their_seeds_and_params(gen, source):
@@ -198,8 +220,8 @@ def test_a_missing_folder_and_an_uncached_hub_id(tmp_path):
 
 @pytest.mark.parametrize(
     "change, field",
-    [({"n": 0}, "n"), ({"n": 17}, "n"), ({"n": 2.0}, "n"), ({"n": True}, "n"), ({"seed": -1}, "seed"), ({"strength": 0}, "strength"),
-     ({"strength": 1.5}, "strength"), ({"steps": 0}, "steps"), ({"steps": 201}, "steps"),
+    [({"n": 0}, "n"), ({"n": 17}, "n"), ({"n": 2.0}, "n"), ({"n": True}, "n"), ({"seed": -1}, "seed"),
+     ({"strength": 0}, "strength"), ({"strength": 1.5}, "strength"), ({"steps": 0}, "steps"), ({"steps": 201}, "steps"),
      ({"guidance_scale": -1}, "guidance_scale"), ({"guidance_scale": "7"}, "guidance_scale")],
 )
 def test_bad_params_name_the_field(change, field):
@@ -207,6 +229,10 @@ def test_bad_params_name_the_field(change, field):
         GenerationParams(**change).check()
 
 
-def test_too_few_denoising_steps_are_refused(gen, source):
+def test_too_few_denoising_steps_and_bad_inputs_are_refused(gen, source):
     with pytest.raises(ValueError, match=r"steps \* strength must be >= 1"):
         gen.generate(source, "a cat", GenerationParams(steps=3, strength=0.2))
+    with pytest.raises(ValueError, match=r"image must be a PIL image"):
+        gen.generate(np.asarray(source), "a cat", FAST)
+    with pytest.raises(ValueError, match=r"prompt must be a string"):
+        gen.generate(source, None, FAST)
