@@ -284,8 +284,10 @@ def status(
         counts = ", ".join(f"{k} {v}" for k, v in sorted(c["assets"].items())) or "empty"
         typer.echo(f"{c['name']}: {counts}  ({c['root']})")
     for job in report["jobs"]:
-        typer.echo(f"  job {job['id']} {job['status']:<10} {job['source']}: indexed {job['indexed']}, duplicates "
-                   f"{job['duplicates']}, unchanged {job['skipped']}, failed {job['failed']}")
+        progress = f" {job['done']}/{job['queued']}" if job["status"] == "running" else ""
+        typer.echo(f"  job {job['id']} {job['status']}{progress} {job['source']}: indexed {job['indexed']}, "
+                   f"duplicates {job['duplicates']}, unchanged {job['skipped']}, failed {job['failed']}, "
+                   f"removed {job['removed']}" + (f" ({job['error']})" if job["error"] else ""))
     for err in report["errors"]:
         typer.secho(f"  failed: {err['path']}: {err['error']}", fg=typer.colors.YELLOW)
 
