@@ -30,12 +30,12 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
 import torch
+from huggingface_hub import constants as hub_constants
 from PIL import Image
 
 from omnibridge.backbones.base import default_device, to_rgb
@@ -55,7 +55,7 @@ class GeneratorUnavailable(RuntimeError):
 class GenerationParams:
     n: int = 4  # variants to generate, 1..16
     seed: int = 0  # variant i uses seed + i
-    strength: float = 0.6  # how far from the source image, 0 < strength <= 1 (1 = ignore it)
+    strength: float = 0.6  # how far from the source image, 0 < strength <= 1 (1 = from pure noise)
     steps: int = 30  # scheduler steps at strength 1; img2img runs about steps * strength of them
     guidance_scale: float = 7.5  # classifier-free guidance, 0..50 (<= 1 turns it off)
 
@@ -99,10 +99,8 @@ class Output:
 
 def text_encoder_width(pipe) -> int:
     """Width d of the pipeline's text-encoder output, the width `prompt_embeds` must have."""
-    encoder = getattr(pipe, "text_encoder", None)
-    width = getattr(getattr(encoder, "config", None), "hidden_size", None) or getattr(
-        getattr(encoder, "config", None), "d_model", None
-    )
+    config = getattr(getattr(pipe, "text_encoder", None), "config", None)
+    width = getattr(config, "hidden_size", None) or getattr(config, "d_model", None)  # CLIP / T5 configs
     if width is None:
         raise ValueError(f"{type(pipe).__name__} has no text encoder with a known width; condition it with a prompt")
     return int(width)
@@ -155,7 +153,7 @@ class Generator:
     def generate(
         self,
         image: Image.Image,  # the retrieved image, any mode and size
-        prompt: str,  # its caption or the query; recorded only when prompt_embeds is given
+        prompt: str,  # its caption or the query; with prompt_embeds it is only recorded
         params: GenerationParams | None = None,
         prompt_embeds: torch.Tensor | None = None,  # 1 s d generation queries (see generation_prompt_embeds)
         on_step: Callable[[int, int], None] | None = None,  # called (variant, step) after each denoising step
@@ -271,7 +269,7 @@ def _fit(image: Image.Image, side: int, multiple: int) -> Image.Image:
 def _load_failure(spec: str, error: Exception) -> str:
     """The message for a generator that does not load: the value, the error and the fix."""
     path = Path(spec).expanduser()
-    reason = f"{type(error).__name__}: {error}".strip()
+    reason = f"{type(error).__name__}: {str(error).strip().rstrip('.')}"
     if isinstance(error, ImportError):
         fix = "pip install the missing package named above (generation itself needs: pip install diffusers)"
     elif path.is_dir() and not (path / "model_index.json").is_file():
@@ -283,7 +281,7 @@ def _load_failure(spec: str, error: Exception) -> str:
         fix = f"check that {spec} is a complete diffusers pipeline with an image-to-image variant; {CONFIGURE}"
     elif spec.startswith(("/", ".", "~")) or spec.count("/") != 1:
         fix = f"no folder {spec} exists; point OMNIBRIDGE_GENERATOR at an existing diffusers folder or a hub id"
-    elif os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes", "on"):
+    elif hub_constants.HF_HUB_OFFLINE:
         fix = (
             f"hub id {spec} is not in the local cache and HF_HUB_OFFLINE=1; set HF_HUB_OFFLINE=0 once to download it, "
             "or download it elsewhere and set OMNIBRIDGE_GENERATOR to that folder"

@@ -122,41 +122,27 @@ def test_variants_come_with_their_seeds_and_params(gen, source):
     assert [o.seed for o in outs] == [5, 6, 7]
     for o in outs:
         assert isinstance(o.image, Image.Image) and o.image.mode == "RGB"
+        assert o.image.size == (32, 16)  # longer side: sample_size 16 x VAE factor 2; sides on multiples of 16
         assert o.prompt == "a red cat" and o.model == gen.spec and o.nsfw is None
         assert o.params == {"n": 3, "seed": 5, "strength": 0.5, "steps": 4, "guidance_scale": 7.5,
                             "conditioning": "prompt"}
-    assert not np.array_equal(pixels(outs[0].image), pixels(outs[1].image))
-
-
-def test_the_image_is_fitted_to_the_native_side(gen, source):
-    (out,) = gen.generate(source, "a cat", FAST)
-    assert out.image.size == (32, 16)  # longer side: sample_size 16 x VAE factor 2; sides on multiples of 16
 
 
 def test_same_seed_same_image_other_seed_other_image(gen, source):
-    a = gen.generate(source, "a cat", FAST)[0].image
-    b = gen.generate(source, "a cat", FAST)[0].image
-    c = gen.generate(source, "a cat", replace(FAST, seed=1))[0].image
-    assert np.array_equal(pixels(a), pixels(b))
-    assert not np.array_equal(pixels(a), pixels(c))
-    # a variant's own seed regenerates it alone
-    second = gen.generate(source, "a cat", replace(FAST, n=2))[1]
-    alone = gen.generate(source, "a cat", replace(FAST, seed=second.seed))[0]
-    assert np.array_equal(pixels(second.image), pixels(alone.image))
+    first = gen.generate(source, "a cat", FAST)[0].image
+    batch = gen.generate(source, "a cat", replace(FAST, n=2))
+    assert np.array_equal(pixels(first), pixels(batch[0].image))
+    assert not np.array_equal(pixels(first), pixels(batch[1].image))
+    alone = gen.generate(source, "a cat", replace(FAST, seed=batch[1].seed))[0]  # a variant's seed regenerates it
+    assert np.array_equal(pixels(batch[1].image), pixels(alone.image))
 
 
-@pytest.mark.parametrize("steps, strength, expected", [(4, 1.0, 4), (4, 0.5, 2), (8, 0.25, 2), (6, 0.5, 3)])
+@pytest.mark.parametrize("steps, strength, expected", [(4, 1.0, 4), (4, 0.5, 2), (6, 0.5, 3)])
 def test_strength_and_steps_set_the_denoising_steps(gen, source, steps, strength, expected):
     seen = []
     gen.generate(source, "a cat", GenerationParams(n=2, steps=steps, strength=strength),
                  on_step=lambda variant, step: seen.append((variant, step)))
     assert seen == [(v, s) for v in range(2) for s in range(expected)]
-
-
-def test_strength_changes_how_far_from_the_source(gen, source):
-    near = gen.generate(source, "a cat", replace(FAST, strength=0.25, steps=8))[0].image
-    far = gen.generate(source, "a cat", replace(FAST, strength=1.0, steps=8))[0].image
-    assert not np.array_equal(pixels(near), pixels(far))
 
 
 def test_prompt_embeds_replace_the_prompt(gen, source):
