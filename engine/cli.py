@@ -296,18 +296,18 @@ def status(
 def search(
     text: Annotated[Optional[str], typer.Argument(help="what to look for")] = None,
     image: Annotated[Optional[Path], typer.Option("--image", help="search by this image instead of text")] = None,
+    asset: Annotated[Optional[int], typer.Option("--asset", help="more like this indexed asset (an id from --json)")] = None,
     collection: Annotated[Optional[str], typer.Option("--collection", "-c")] = None,
     k: Annotated[int, typer.Option("--k", min=1, max=1000, help="number of hits")] = 10,
+    include_synthetic: Annotated[bool, typer.Option("--include-synthetic", help="also generated images")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
 ) -> None:
-    """Find images by a text or by an image (the full query engine with filters comes with `omnibridge serve`)."""
-    from ingest import pipeline
-
-    if (text is None) == (image is None):
-        _fail("give a text query or --image PATH (one of the two)")
-    svc = _services()
+    """Find images by a text, an image file or an indexed asset ("more like this")."""
+    if sum(x is not None for x in (text, image, asset)) != 1:
+        _fail("give one of: a text query, --image PATH or --asset ID")
     try:
-        result = pipeline.simple_search(svc, text=text, image=image, collection=collection, k=k)
+        result = _engine().search(text=text, image=image, asset_id=asset, collection=collection, k=k,
+                                  include_synthetic=include_synthetic)
     except ValueError as e:
         _fail(str(e))
     if as_json:
@@ -317,7 +317,71 @@ def search(
         typer.echo("no match: the collection is empty or the filter excludes everything (see `omnibridge status`)")
     for h in result["hits"]:
         caption = f"  {h['caption']}" if h.get("caption") else ""
-        typer.echo(f"{h['score']:.3f}  {h['path']}{caption}")
+        typer.echo(f"{h['score']:.3f}  #{h['id']}  {h['path']}{caption}")
+
+
+def _engine():
+    from .engine import Engine
+
+    return Engine(_services())
+
+
+@app.command()
+def answer(
+    question: Annotated[str, typer.Argument(help="a question about the collection's images")],
+    collection: Annotated[Optional[str], typer.Option("--collection", "-c")] = None,
+    k: Annotated[int, typer.Option("--k", min=1, max=20, help="images retrieved as evidence")] = 5,
+    as_json: Annotated[bool, typer.Option("--json", help="print {answer, citations, abstained, evidence}")] = False,
+) -> None:
+    """Answer from the retrieved images' texts, citing the asset ids used; abstain when the evidence is weak."""
+    from .answer import Answer
+
+    try:
+        final = None
+        for piece in _engine().stream_answer(question, collection=collection, k=k):
+            if isinstance(piece, Answer):
+                final = piece
+            elif not as_json:
+                typer.echo(piece, nl=False)
+    except (ValueError, ImportError) as e:
+        _fail(str(e))
+    if as_json:
+        typer.echo(json.dumps(final.to_dict()))
+        return
+    if final.abstained:
+        typer.echo(final.answer)
+    else:
+        typer.echo("")
+    for n, e in enumerate(final.evidence, 1):
+        mark = "cited" if e.asset_id in final.citations else "shown"
+        typer.echo(f"  [{n}] #{e.asset_id} {e.score:.2f} {mark}: {e.caption or ''} {e.image_path or ''}")
+
+
+@app.command("generate-similar")
+def generate_similar(
+    asset_id: Annotated[int, typer.Argument(help="the image to vary (an id from `omnibridge search --json`)")],
+    n: Annotated[int, typer.Option("--n", help="variants, 1..16")] = 4,
+    seed: Annotated[int, typer.Option("--seed", help="variant i uses seed + i")] = 0,
+    strength: Annotated[float, typer.Option("--strength", help="0 < s <= 1: how far from the source")] = 0.6,
+    steps: Annotated[int, typer.Option("--steps", help="scheduler steps at strength 1")] = 30,
+    prompt: Annotated[Optional[str], typer.Option("--prompt", help="default: the asset's caption")] = None,
+    out: Annotated[Optional[Path], typer.Option("--out", help="folder for the images (default: the data folder)")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
+) -> None:
+    """Variants of an indexed image with the configured diffusers model (OMNIBRIDGE_GENERATOR), saved with their
+    lineage and indexed as synthetic (left out of searches unless --include-synthetic)."""
+    from .generate import GenerationParams, GeneratorUnavailable
+
+    try:
+        results = _engine().generate_similar(asset_id, GenerationParams(n=n, seed=seed, strength=strength,
+                                                                        steps=steps), prompt=prompt, out=out)
+    except (ValueError, GeneratorUnavailable) as e:
+        _fail(str(e))
+    if as_json:
+        typer.echo(json.dumps({"variants": results}))
+        return
+    for r in results:
+        typer.echo(f"#{r['asset_id']}  seed {r['seed']}  {r['path']}  (from #{r['source_asset_id']}: {r['prompt']!r})")
 
 
 @app.command("worker")

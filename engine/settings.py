@@ -33,6 +33,7 @@ class Settings(BaseSettings):
     qdrant_url: str | None = Field(default=None, description="Qdrant server URL; empty = embedded Qdrant Edge")
     qdrant_api_key: str | None = Field(default=None, description="API key of the Qdrant server")
     qdrant_prefix: str = Field(default="omnibridge", description="prefix of the Qdrant collections")
+    answerer: str = Field(default="smollm2", description="'smollm2' (offline) or 'qwen2-vl:MODEL[@LORA]' for answers")
     generator: str | None = Field(default=None, description="diffusers checkpoint (folder or hub id) for generate-similar")
     batch_size: int = Field(default=32, ge=1, le=4096, description="images embedded per batch")
     max_image_pixels: int = Field(default=100_000_000, ge=1, description="larger images are rejected (bomb guard)")

@@ -96,7 +96,7 @@ def _read_pairs(path: Path) -> list[Item]:
 
 # -- jobs ------------------------------------------------------------------------------------------------------
 
-def create_job(svc: Services, paths: list[str], collection: str, ocr: bool = False) -> int:
+def create_job(svc: Services, paths: list[str], collection: str, ocr: bool = False, synthetic: bool = False) -> int:
     """Register a job (and its collection); the source is checked now so a typo fails before anything runs."""
     read_source(paths)
     with svc.session() as db:
@@ -107,7 +107,8 @@ def create_job(svc: Services, paths: list[str], collection: str, ocr: bool = Fal
             db.add(coll)
             db.flush()
         source = paths[0] if len(paths) == 1 else f"{paths[0]} (+{len(paths) - 1} more)"
-        job = Job(collection_id=coll.id, source=source, options={"paths": list(paths), "ocr": ocr})
+        job = Job(collection_id=coll.id, source=source,
+                  options={"paths": list(paths), "ocr": ocr, "synthetic": synthetic})
         db.add(job)
         db.commit()
         return job.id
@@ -155,7 +156,8 @@ def scan(svc: Services, job_id: int) -> list[int]:
                 continue
             sha = sha or sha256_file(item.path)
             if asset is None:
-                asset = Asset(collection_id=cid, uri=uri, media=media_kind(item.path))
+                asset = Asset(collection_id=cid, uri=uri, media=media_kind(item.path),
+                              synthetic=bool(job.options.get("synthetic")))
                 db.add(asset)
                 existing[uri] = asset
             else:
@@ -490,24 +492,19 @@ def status_report(svc: Services, collection: str | None = None, jobs: int = 10, 
         }
 
 
+def run_inline(svc: Services, paths: list[str], collection: str, **options) -> dict:
+    """A whole job in this thread, no queue: for a handful of files (e.g. generated images)."""
+    job = create_job(svc, paths, collection, **options)
+    pending = scan(svc, job)
+    for i in range(0, len(pending), svc.settings.batch_size):
+        embed(svc, job, pending[i:i + svc.settings.batch_size])
+    try_finalize(svc, job)
+    return job_summary(svc, job, errors=20)
+
+
 def simple_search(svc: Services, text: str | None = None, image: str | Path | None = None,
                   collection: str | None = None, k: int = 10) -> dict:
-    """Images nearest to a text or an image, best first: {"hits": [...], "no_match": bool}."""
-    _, space, _ = svc.model_row()
-    if image is not None:
-        info = load_image(image, max_pixels=svc.settings.max_image_pixels,
-                          max_bytes=int(svc.settings.max_file_mb * 2**20))
-        vec = svc.model.encode_images([info.image], role="query")[0]
-    else:
-        if not text or not text.strip():
-            raise ValueError("the text query is empty; type what you are looking for")
-        vec = svc.model.encode_texts([text], role="query")[0]
-    flt = {"kind": "image", "synthetic": False}
-    if collection:
-        flt["collection"] = collection
-    hits = svc.store.search(space, np.asarray(vec, dtype=np.float32), k=k, filter=flt)
-    return {"hits": [{"id": h.payload.get("asset_id"), "score": round(float(h.score), 4),
-                      "path": h.payload.get("path"), "caption": h.payload.get("caption"),
-                      "format": h.payload.get("format"), "collection": h.payload.get("collection"),
-                      "near_dup_group": h.payload.get("near_dup_group")} for h in hits],
-            "no_match": not hits}
+    """Images nearest to a text or an image, best first: {"hits": [...], "no_match": bool} (see engine.Engine)."""
+    from engine.engine import Engine
+
+    return Engine(svc).search(text=text, image=image, collection=collection, k=k)

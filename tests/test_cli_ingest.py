@@ -46,7 +46,7 @@ def test_ingest_status_and_search_in_plain_words(tmp_path, photos):
 
     found = omnibridge("search", "a cup of coffee", "--collection", "media", "--k", "3", home=home)
     assert found.returncode == 0, found.stderr
-    assert found.stdout.splitlines()[0].split()[1].endswith("coffee.png")
+    assert found.stdout.splitlines()[0].split()[2].endswith("coffee.png")
 
     hits = json.loads(omnibridge("search", "--image", str(lib / "horse.png"), "--json", home=home).stdout)
     assert hits["no_match"] is False and hits["hits"][0]["path"].endswith("horse.png")
