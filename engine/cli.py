@@ -299,15 +299,26 @@ def search(
     asset: Annotated[Optional[int], typer.Option("--asset", help="more like this indexed asset (an id from --json)")] = None,
     collection: Annotated[Optional[str], typer.Option("--collection", "-c")] = None,
     k: Annotated[int, typer.Option("--k", min=1, max=1000, help="number of hits")] = 10,
+    offset: Annotated[int, typer.Option("--offset", min=0, help="skip this many hits (paging)")] = 0,
+    fmt: Annotated[Optional[list[str]], typer.Option("--format", help="only these formats (JPEG, PNG, ...)")] = None,
+    tag: Annotated[Optional[list[str]], typer.Option("--tag", help="only images with any of these tags")] = None,
+    min_width: Annotated[Optional[int], typer.Option("--min-width", min=0)] = None,
+    min_height: Annotated[Optional[int], typer.Option("--min-height", min=0)] = None,
+    since: Annotated[Optional[str], typer.Option("--since", help="files modified on or after (2024-05-31)")] = None,
+    until: Annotated[Optional[str], typer.Option("--until", help="files modified up to (2024-06-30)")] = None,
     include_synthetic: Annotated[bool, typer.Option("--include-synthetic", help="also generated images")] = False,
+    all_duplicates: Annotated[bool, typer.Option("--all-duplicates", help="do not collapse near-duplicates")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
 ) -> None:
     """Find images by a text, an image file or an indexed asset ("more like this")."""
     if sum(x is not None for x in (text, image, asset)) != 1:
         _fail("give one of: a text query, --image PATH or --asset ID")
+    filters = {"format": fmt, "tags": tag, "min_width": min_width, "min_height": min_height, "since": since,
+               "until": until}
     try:
         result = _engine().search(text=text, image=image, asset_id=asset, collection=collection, k=k,
-                                  include_synthetic=include_synthetic)
+                                  offset=offset, filters=filters, include_synthetic=include_synthetic,
+                                  collapse=not all_duplicates)
     except ValueError as e:
         _fail(str(e))
     if as_json:
@@ -317,7 +328,8 @@ def search(
         typer.echo("no match: the collection is empty or the filter excludes everything (see `omnibridge status`)")
     for h in result["hits"]:
         caption = f"  {h['caption']}" if h.get("caption") else ""
-        typer.echo(f"{h['score']:.3f}  #{h['id']}  {h['path']}{caption}")
+        dups = f"  (+{h['duplicates']} near-duplicates)" if h.get("duplicates") else ""
+        typer.echo(f"{h['score']:.3f}  #{h['id']}  {h['path']}{caption}{dups}")
 
 
 def _engine():

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Iterator
 
 import numpy as np
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from .answer import DEFAULT_MIN_SCORE, Answer, Evidence, load_answerer, stream_answer
 from .db import Asset, Collection, GeneratedAsset, Text
@@ -24,6 +24,37 @@ from .generate import GenerationParams, Generator
 from .services import Services, get_services
 
 EVIDENCE_TEXT_KINDS = ("alt", "tags", "ocr", "filename", "document")
+
+
+def store_filter(filters: dict) -> dict:
+    """User filters -> the store's filter dict (engine.vectors); an unknown key or a bad value names itself."""
+    from datetime import datetime, timedelta, timezone
+
+    out: dict = {}
+    for key, value in filters.items():
+        if value is None or value == []:
+            continue
+        if key in ("format", "tags"):
+            values = [value] if isinstance(value, str) else value
+            if not isinstance(values, list) or not all(isinstance(v, str) and v for v in values):
+                raise ValueError(f"filter {key!r} takes a name or a list of names, got {value!r}")
+            out[key] = [v.upper() for v in values] if key == "format" else values
+        elif key in ("min_width", "min_height"):
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                raise ValueError(f"filter {key!r} takes a number of pixels >= 0, got {value!r}")
+            out[key.removeprefix("min_")] = {"gte": value}
+        elif key in ("since", "until"):
+            try:
+                when = datetime.fromisoformat(str(value))
+            except ValueError:
+                raise ValueError(f"filter {key!r} takes an ISO date like 2024-05-31, got {value!r}") from None
+            if key == "until" and len(str(value)) == 10:  # a whole day: up to the end of it
+                when += timedelta(days=1)
+            stamp = (when if when.tzinfo else when.replace(tzinfo=timezone.utc)).timestamp()
+            out.setdefault("mtime", {})["gte" if key == "since" else "lt"] = stamp
+        else:
+            raise ValueError(f"unknown filter {key!r}; use format, tags, min_width, min_height, since, until")
+    return out
 
 
 class Engine:
@@ -36,14 +67,22 @@ class Engine:
     # -- find ------------------------------------------------------------------------------------------------
 
     def search(self, text: str | None = None, image: str | Path | None = None, asset_id: int | None = None,
-               collection: str | None = None, k: int = 10, include_synthetic: bool = False) -> dict:
-        """Images nearest to a text, an image file or an indexed asset, best first: {"hits": [...], "no_match"}."""
+               collection: str | None = None, k: int = 10, offset: int = 0, filters: dict | None = None,
+               include_synthetic: bool = False, collapse: bool = True) -> dict:
+        """Images nearest to a text, an image file or an indexed asset, best first: {"hits": [...], "no_match"}.
+
+        filters (see `store_filter`): format, tags (any of), min_width, min_height, since, until (ISO dates of the
+        file's mtime). collapse: near-duplicates come back as one hit (the best) with `duplicates` = the size of
+        its group minus one. offset/k page through the (collapsed) hits."""
         from ingest.media import load_image
 
         if sum(x is not None for x in (text, image, asset_id)) != 1:
             raise ValueError("give exactly one of a text, an image or an asset id to search by")
         if not isinstance(k, int) or not 1 <= k <= 1000:
             raise ValueError(f"k must be an integer in 1..1000, got {k!r}")
+        if not isinstance(offset, int) or offset < 0:
+            raise ValueError(f"offset must be an integer >= 0, got {offset!r}")
+        flt = store_filter(filters or {})
         _, space, _ = self.svc.model_row()
         if asset_id is not None:  # more like this: the asset's image, encoded as a query
             image = self._asset(asset_id).uri
@@ -55,20 +94,46 @@ class Engine:
             if not text.strip():
                 raise ValueError("the text query is empty; type what you are looking for")
             vec = self.svc.model.encode_texts([text], role="query")[0]
-        flt: dict = {"kind": "image"}
+        flt["kind"] = "image"
         if not include_synthetic:
             flt["synthetic"] = False
         if collection:
             flt["collection"] = collection
-        hits = self.svc.store.search(space, np.asarray(vec, dtype=np.float32), k=k + (asset_id is not None),
-                                     filter=flt)
-        hits = [h for h in hits if h.payload.get("asset_id") != asset_id][:k]
-        return {"hits": [{"id": h.payload.get("asset_id"), "score": round(float(h.score), 4),
-                          "path": h.payload.get("path"), "caption": h.payload.get("caption"),
-                          "format": h.payload.get("format"), "collection": h.payload.get("collection"),
-                          "synthetic": bool(h.payload.get("synthetic")),
-                          "near_dup_group": h.payload.get("near_dup_group")} for h in hits],
-                "no_match": not hits}
+        hits = self._ranked(space, np.asarray(vec, dtype=np.float32), flt, offset + k, asset_id, collapse)[offset:]
+        return {"hits": hits, "no_match": not hits}
+
+    def _ranked(self, space: str, vec: np.ndarray, flt: dict, n: int, exclude: int | None, collapse: bool) -> list:
+        """The first n hits, one per near-duplicate group when collapsing (pages through the store as needed)."""
+        by_group: dict[int, dict] = {}
+        hits: list[dict] = []
+        page, seen = max(2 * n, 20), 0
+        while len(hits) < n:
+            batch = self.svc.store.search(space, vec, k=page, filter=flt, offset=seen)
+            seen += len(batch)
+            for h in batch:
+                p = h.payload
+                if p.get("asset_id") == exclude:
+                    continue
+                group = p.get("near_dup_group") or p.get("asset_id")
+                if collapse and group in by_group:
+                    continue
+                hit = {"id": p.get("asset_id"), "score": round(float(h.score), 4), "path": p.get("path"),
+                       "caption": p.get("caption"), "format": p.get("format"), "collection": p.get("collection"),
+                       "width": p.get("width"), "height": p.get("height"), "tags": p.get("tags", []),
+                       "synthetic": bool(p.get("synthetic")), "near_dup_group": group, "duplicates": 0}
+                by_group[group] = hit
+                hits.append(hit)
+            if len(batch) < page:
+                break
+        hits = hits[:n]
+        if collapse and hits:
+            with self.svc.session() as db:
+                sizes = dict(db.execute(select(Asset.near_dup_group, func.count()).where(
+                    Asset.near_dup_group.in_([h["near_dup_group"] for h in hits]), Asset.status == "indexed")
+                    .group_by(Asset.near_dup_group)).all())
+            for h in hits:
+                h["duplicates"] = max(sizes.get(h["near_dup_group"], 1) - 1, 0)
+        return hits
 
     # -- explain ---------------------------------------------------------------------------------------------
 

@@ -102,3 +102,33 @@ def test_no_generator_configured_says_how_to_configure_one(tmp_path, photos, mod
                        env=env, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout)["abstained"] is True
+
+
+def test_filters_pages_and_near_duplicate_collapse(tmp_path, photos, model):  # noqa: F811
+    from tests.test_ingest import library
+
+    svc = Services(load_settings(home=tmp_path / "home", batch_size=8))
+    svc._model = model
+    run_job(svc, [library(tmp_path, photos)], collection="lib")
+    engine = Engine(svc)
+    query = photos.parent / "images" / "chelsea.png"
+    collapsed = engine.search(image=query, k=3)["hits"]
+    assert collapsed[0]["path"].endswith("chelsea.png") and collapsed[0]["duplicates"] == 1  # + chelsea-small.jpg
+    assert not any(h["path"].endswith("chelsea-small.jpg") for h in collapsed)
+    every = engine.search(image=query, k=3, collapse=False)["hits"]
+    assert {Path(h["path"]).name for h in every[:2]} == {"chelsea.png", "chelsea-small.jpg"}
+
+    pages = [engine.search(image=query, k=2, offset=o)["hits"] for o in (0, 2, 4)]
+    ids = [h["id"] for page in pages for h in page]
+    assert len(ids) == len(set(ids)) == 6  # 7 images, 2 of them one group: 6 hits, no repeats across pages
+    assert engine.search(image=query, k=2, offset=6)["no_match"] is True
+
+    jpegs = engine.search(image=query, k=10, filters={"format": "jpeg"})["hits"]
+    assert [Path(h["path"]).name for h in jpegs] == ["chelsea-small.jpg"]
+    assert all(h["width"] >= 500 for h in engine.search(text="a cat", k=10, filters={"min_width": 500})["hits"])
+    assert engine.search(text="a cat", filters={"until": "2000-01-01"})["no_match"] is True
+    assert len(engine.search(text="a cat", k=10, filters={"since": "2000-01-01"})["hits"]) == 6
+    with pytest.raises(ValueError, match="unknown filter 'colour'"):
+        engine.search(text="a cat", filters={"colour": "red"})
+    with pytest.raises(ValueError, match="'since' takes an ISO date"):
+        engine.search(text="a cat", filters={"since": "yesterday"})
