@@ -142,10 +142,10 @@ def demo(
     query: Annotated[Optional[list[str]], typer.Option("--query", "-q", help="a text query (repeatable)")] = None,
 ) -> None:
     """Index the bundled sample of real photos (scikit-image) into the embedded stores and search it."""
-    from ingest import pipeline
     from omnibridge.data import read_pairs
     from omnibridge.evaluate import evaluate
 
+    from .engine import Engine
     from .samples import write_photo_sample
     from .services import get_services
 
@@ -165,7 +165,7 @@ def demo(
     typer.echo(f"text->image on its {metrics['queries']} captions: R@1 {metrics['t2i']['r1']:.2f}  "
                f"R@5 {metrics['t2i']['r5']:.2f}")
     for q in query or ["a cat", "a cup of coffee", "an astronaut in a space suit", "coins"]:
-        hits = pipeline.simple_search(svc, text=q, collection="samples", k=3)["hits"]
+        hits = Engine(svc).search(text=q, collection="samples", k=3)["hits"]
         typer.echo(f"{q!r:>34} -> " + ", ".join(f"{Path(h['path']).name} ({h['score']:.2f})" for h in hits))
     typer.echo("search it yourself: omnibridge search \"a red flower\" --collection samples")
 

@@ -36,7 +36,7 @@ from qdrant_edge import (
 
 from .vectors import (
     INDEXED_FIELDS, Condition, Hit, SpaceNotFound, check_ids, check_points, check_query, check_space, dim_mismatch,
-    parse_filter,
+    in_order, parse_filter,
 )
 
 CONFIG_FILE = "edge_config.json"  # written by Edge into every shard folder; its presence makes a folder a space
@@ -139,13 +139,8 @@ class EdgeStore:
         ids = check_ids(ids)
         if not ids:
             return []
-        records = {str(r.id): r for r in shard.retrieve(ids, with_payload=True, with_vector=bool(with_vectors))}
-        out = []
-        for i in ids:
-            if (r := records.get(i)) is not None:
-                vector = np.asarray(r.vector[space], dtype=np.float32) if with_vectors else None  # (dim,)
-                out.append((i, dict(r.payload or {}), vector))
-        return out
+        records = shard.retrieve(ids, with_payload=True, with_vector=bool(with_vectors))
+        return in_order(ids, records, space, with_vectors)
 
     def optimize(self, space: str) -> None:
         """Run Edge's optimizers until done: segments above indexing_threshold_kb get their HNSW graph."""

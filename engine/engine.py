@@ -88,7 +88,7 @@ class Engine:
             image = self._asset(asset_id).uri
         if image is not None:
             s = self.svc.settings
-            info = load_image(image, max_pixels=s.max_image_pixels, max_bytes=int(s.max_file_mb * 2**20))
+            info = load_image(image, max_pixels=s.max_image_pixels, max_bytes=s.max_file_bytes)
             vec = self.svc.model.encode_images([info.image], role="query")[0]
         else:
             if not text.strip():
@@ -198,7 +198,7 @@ class Engine:
         prompt = prompt or caption or Path(source.uri).stem.replace("_", " ").replace("-", " ")
         generator = self.generator()
         s = self.svc.settings
-        image = load_image(source.uri, max_pixels=s.max_image_pixels, max_bytes=int(s.max_file_mb * 2**20)).image
+        image = load_image(source.uri, max_pixels=s.max_image_pixels, max_bytes=s.max_file_bytes).image
         outputs = generator.generate(image, prompt, params)
         folder = Path(out) if out else s.media_dir / "generated" / f"asset-{asset_id}"
         folder.mkdir(parents=True, exist_ok=True)

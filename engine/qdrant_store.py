@@ -21,7 +21,7 @@ from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedR
 
 from .vectors import (
     INDEXED_FIELDS, Condition, Hit, SpaceNotFound, check_ids, check_points, check_query, check_space, dim_mismatch,
-    parse_filter,
+    in_order, parse_filter,
 )
 
 UPSERT_BATCH = 256  # points per request: a 1024-d batch is ~2 MB of JSON, far below the server's 32 MB limit
@@ -133,13 +133,7 @@ class QdrantServerStore:
             return []
         found = self._call(self.client.retrieve, self.collection(space), ids, with_payload=True,
                            with_vectors=bool(with_vectors))
-        records = {str(r.id): r for r in found}
-        out = []
-        for i in ids:
-            if (r := records.get(i)) is not None:
-                vector = np.asarray(r.vector[space], dtype=np.float32) if with_vectors else None  # (dim,)
-                out.append((i, dict(r.payload or {}), vector))
-        return out
+        return in_order(ids, found, space, with_vectors)
 
     def optimize(self, space: str) -> None:
         """Nothing to do: the server indexes by itself (and local mode has no index)."""

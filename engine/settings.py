@@ -90,6 +90,10 @@ class Settings(BaseSettings):
         return self.broker_url if self.broker_url.startswith(("redis", "rediss")) else "cache+memory://"
 
     @property
+    def max_file_bytes(self) -> int:
+        return int(self.max_file_mb * 2**20)
+
+    @property
     def qdrant_path(self) -> Path:
         return self.home / "qdrant"
 

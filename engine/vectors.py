@@ -216,3 +216,15 @@ def dim_mismatch(space: str, stored: int, requested: int) -> ValueError:
     return ValueError(f"space {space!r} holds {stored}-d vectors, not {requested}-d: a space belongs to one model. "
                       f"Index into a new space instead (a new model name or version gives a new space name), "
                       f"or use the model that made {space!r}")
+
+
+def in_order(ids: Sequence[str], records, space: str, with_vectors: bool) -> list[tuple[str, dict, np.ndarray | None]]:
+    """Retrieved Qdrant records (Edge or client, both with .id/.payload/.vector) as `retrieve` returns them: in the
+    order of `ids`, missing ones left out."""
+    by_id = {str(r.id): r for r in records}
+    out = []
+    for i in ids:
+        if (r := by_id.get(i)) is not None:
+            vector = np.asarray(r.vector[space], dtype=np.float32) if with_vectors else None  # (dim,)
+            out.append((i, dict(r.payload or {}), vector))
+    return out

@@ -253,7 +253,7 @@ def embed(svc: Services, job_id: int, asset_ids: list[int]) -> dict[str, int]:
         for a in assets:
             try:
                 if a.media == "image":
-                    info = load_image(a.uri, max_pixels=s.max_image_pixels, max_bytes=int(s.max_file_mb * 2**20))
+                    info = load_image(a.uri, max_pixels=s.max_image_pixels, max_bytes=s.max_file_bytes)
                     a.width, a.height, a.format, a.phash = info.width, info.height, info.format, info.phash
                     _set_text(db, a, "filename", _filename_text(a.uri))
                     if info.alt:
@@ -266,7 +266,7 @@ def embed(svc: Services, job_id: int, asset_ids: list[int]) -> dict[str, int]:
                     image_assets.append(a)
                 else:
                     a.format = Path(a.uri).suffix.lstrip(".").upper() or "TXT"
-                    _set_text(db, a, "document", load_text(a.uri, max_bytes=int(s.max_file_mb * 2**20)))
+                    _set_text(db, a, "document", load_text(a.uri, max_bytes=s.max_file_bytes))
             except (MediaError, OSError) as e:
                 failed.append((a, str(e)))
         db.commit()  # texts get their final ids before any point is written, so a redo reuses the same point ids
@@ -500,11 +500,3 @@ def run_inline(svc: Services, paths: list[str], collection: str, **options) -> d
         embed(svc, job, pending[i:i + svc.settings.batch_size])
     try_finalize(svc, job)
     return job_summary(svc, job, errors=20)
-
-
-def simple_search(svc: Services, text: str | None = None, image: str | Path | None = None,
-                  collection: str | None = None, k: int = 10) -> dict:
-    """Images nearest to a text or an image, best first: {"hits": [...], "no_match": bool} (see engine.Engine)."""
-    from engine.engine import Engine
-
-    return Engine(svc).search(text=text, image=image, collection=collection, k=k)

@@ -13,6 +13,7 @@ from PIL import Image
 from sqlalchemy import func, select
 
 from engine.db import Asset, Text, Vector
+from engine.engine import Engine
 from engine.samples import write_photo_sample
 from engine.services import Services
 from engine.settings import load_settings
@@ -125,7 +126,7 @@ def test_second_run_adds_nothing_and_changes_are_tracked(tmp_path, photos, model
         assert db.scalar(select(func.count()).select_from(Vector).where(Vector.asset_id == rocket.id)) == 1
         copy = db.scalar(select(Asset).where(Asset.uri.endswith("coffee-copy.png")))
         assert copy.status == "indexed"
-    hits = pipeline.simple_search(svc, image=photos.parent / "images" / "moon.png", k=1)["hits"]
+    hits = Engine(svc).search(image=photos.parent / "images" / "moon.png", k=1)["hits"]
     assert hits[0]["path"].endswith("rocket.png") and hits[0]["score"] > 0.95
 
 
@@ -135,11 +136,11 @@ def test_pairs_captions_attach_and_search_finds_them(tmp_path, photos, model):
     assert job["indexed"] == 21 and job["failed"] == 0
     _, space, _ = svc.model_row()
     assert svc.store.count(space, {"kind": "text", "collection": "photos"}) == 21  # one caption each
-    result = pipeline.simple_search(svc, text="a cup of coffee", collection="photos", k=3)
+    result = Engine(svc).search(text="a cup of coffee", collection="photos", k=3)
     assert result["no_match"] is False
     assert result["hits"][0]["path"].endswith("coffee.png")
     assert result["hits"][0]["caption"] == "Coffee cup."
-    assert pipeline.simple_search(svc, text="a cup of coffee", collection="other")["no_match"] is True
+    assert Engine(svc).search(text="a cup of coffee", collection="other")["no_match"] is True
 
 
 def test_bad_source_is_refused_before_anything_is_stored(tmp_path, model):
@@ -206,5 +207,5 @@ def test_a_new_model_is_indexed_beside_the_old_one(tmp_path, photos, model):
     assert old.store.count(old_space) == old.store.count(new_space) == 21
     assert run_job(new, [photos.parent / "images"])["skipped"] == 21  # and now nothing is left to do
     for svc in (old, new):
-        hits = pipeline.simple_search(svc, image=photos.parent / "images" / "horse.png", k=1)["hits"]
+        hits = Engine(svc).search(image=photos.parent / "images" / "horse.png", k=1)["hits"]
         assert hits[0]["path"].endswith("horse.png")
