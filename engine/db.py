@@ -1,7 +1,8 @@
 """The metadata database: SQLAlchemy models, engine set-up and Alembic migrations run on first use.
 
 SQL is the source of truth of what was ingested (`collections`, `assets`, `texts`, `jobs`), which model wrote which
-points into the vector store (`models`, `vectors`) and where generated images came from (`generated_assets`).
+points into the vector store (`models`, `vectors`), where generated images came from (`generated_assets`) and
+who may use the HTTP API (`api_keys`).
 
     sessions = session_factory(settings.db_url)   # creates or upgrades the schema, then hands out sessions
     with sessions() as db: ...
@@ -244,6 +245,19 @@ class GeneratedAsset(Base):
     model: Mapped[str]
     seed: Mapped[int | None] = mapped_column(BigInteger)
     params: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    created_at: Mapped[datetime] = _created()
+
+
+class ApiKey(Base):
+    """An HTTP API key: only the sha256 of its secret is stored; scopes map collections ("*" = all) to read|write."""
+
+    __tablename__ = "api_keys"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str]
+    key_hash: Mapped[str] = mapped_column(String(64), unique=True)  # sha256 hex of the secret
+    scopes: Mapped[dict[str, Any]] = mapped_column(default=dict)  # {"photos": "read", "*": "write"}
+    revoked: Mapped[bool] = mapped_column(default=False, server_default=false())
     created_at: Mapped[datetime] = _created()
 
 

@@ -30,7 +30,7 @@ from engine.db import (
 )
 from tests.pg import fresh_pg_database
 
-TABLES = {"collections", "assets", "texts", "jobs", "models", "vectors", "generated_assets"}
+TABLES = {"collections", "assets", "texts", "jobs", "models", "vectors", "generated_assets", "api_keys"}
 
 
 def revisions() -> list[str]:

@@ -1,0 +1,58 @@
+"""POST /answer: a grounded answer with citations, as JSON or streamed (text/plain or server-sent events)."""
+
+from __future__ import annotations
+
+import json
+from itertools import chain
+from typing import Iterator
+
+from fastapi import APIRouter, Query, Request
+from fastapi.responses import StreamingResponse
+from pydantic import BaseModel, ConfigDict, Field
+
+from engine.answer import Answer
+
+from .auth import READ, PrincipalDep
+from .deps import EngineDep
+
+router = APIRouter(tags=["answer"])
+
+
+class AnswerRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    question: str = Field(min_length=1, max_length=2000, description="a question about the collection's images")
+    collection: str | None = Field(None, min_length=1, max_length=200,
+                                   description="only this collection; omitted = every collection (needs a '*' key)")
+    k: int = Field(5, ge=1, le=20, description="images retrieved as evidence")
+
+
+@router.post("/answer", responses={200: {"content": {"text/plain": {}, "text/event-stream": {}}}})
+def answer(body: AnswerRequest, engine: EngineDep, principal: PrincipalDep, request: Request,
+           stream: bool = Query(False, description="stream the text as it is written; the final JSON comes last")):
+    """{answer, citations, abstained, evidence}. With ?stream=true: text pieces, then the same JSON as the last
+    line (text/plain), or `data:` events then one `event: answer` (Accept: text/event-stream)."""
+    principal.require(body.collection, READ)
+    items = engine.stream_answer(body.question, collection=body.collection, k=body.k)
+    if not stream:
+        *_, final = items
+        return final.to_dict()
+    first = next(items)  # retrieval runs, and bad input fails as a 4xx, before the response starts
+    items = chain([first], items)
+    if "text/event-stream" in request.headers.get("accept", ""):
+        return StreamingResponse(_events(items), media_type="text/event-stream",
+                                 headers={"Cache-Control": "no-cache"})
+    return StreamingResponse(_plain(items), media_type="text/plain; charset=utf-8")
+
+
+def _plain(items: Iterator[str | Answer]) -> Iterator[str]:
+    for item in items:
+        yield "\n" + json.dumps(item.to_dict()) + "\n" if isinstance(item, Answer) else item
+
+
+def _events(items: Iterator[str | Answer]) -> Iterator[str]:
+    for item in items:
+        if isinstance(item, Answer):
+            yield f"event: answer\ndata: {json.dumps(item.to_dict())}\n\n"
+        else:
+            yield "".join(f"data: {line}\n" for line in item.split("\n")) + "\n"

@@ -1,0 +1,79 @@
+"""GET /assets/{id} (metadata), /assets/{id}/thumbnail (JPEG) and /assets/{id}/original (the file).
+
+Files are served only from inside the data directory or the asset's collection root, after resolving symlinks and
+'..': a row whose path points anywhere else is refused (403)."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+from typing import Annotated
+
+from fastapi import APIRouter, HTTPException, Query
+from fastapi.responses import FileResponse, Response
+from sqlalchemy import select
+
+from engine.db import Asset, Collection, Text
+from engine.services import Services
+from ingest.media import load_image
+
+from .auth import READ, PrincipalDep
+from .deps import AssetId, EngineDep, load_asset
+from .uploads import max_upload_bytes
+
+router = APIRouter(prefix="/assets", tags=["assets"])
+
+
+def served_path(svc: Services, asset: Asset, collection: Collection) -> Path:
+    """The asset's file, if it lies inside the data directory or its collection's root; else 403 (404: gone)."""
+    try:
+        path = Path(asset.uri).resolve(strict=True)
+    except (OSError, ValueError):
+        raise HTTPException(404, f"the file of asset {asset.id} is gone; ingest its collection again") from None
+    roots = [svc.settings.home, Path(collection.root)]
+    if not any(path.is_relative_to(root.resolve()) for root in roots) or not path.is_file():
+        raise HTTPException(403, f"asset {asset.id}: its file lies outside the data directory and the collection "
+                                 "root, so it is not served")
+    return path
+
+
+@router.get("/{asset_id}")
+def asset(asset_id: AssetId, engine: EngineDep, principal: PrincipalDep) -> dict:
+    """Metadata of an asset and its texts (captions, tags, OCR, ...)."""
+    row, coll = load_asset(engine.svc, asset_id)
+    principal.require(coll.name, READ)
+    with engine.svc.session() as db:
+        texts: dict[str, list[str]] = {}
+        for t in db.scalars(select(Text).where(Text.asset_id == asset_id).order_by(Text.id)):
+            texts.setdefault(t.kind, []).append(t.content)
+    return {"id": row.id, "collection": coll.name, "path": row.uri, "media": row.media, "status": row.status,
+            "error": row.error, "format": row.format, "width": row.width, "height": row.height, "bytes": row.bytes,
+            "sha256": row.sha256, "duplicate_of": row.duplicate_of, "near_dup_group": row.near_dup_group,
+            "synthetic": row.synthetic, "job_id": row.job_id, "texts": texts,
+            "created_at": row.created_at.isoformat() if row.created_at else None}
+
+
+@router.get("/{asset_id}/thumbnail", response_class=Response,
+            responses={200: {"content": {"image/jpeg": {}}, "description": "a JPEG of at most size x size"}})
+def thumbnail(asset_id: AssetId, engine: EngineDep, principal: PrincipalDep,
+              size: Annotated[int, Query(ge=16, le=1024, description="longest side in pixels")] = 256) -> Response:
+    row, coll = load_asset(engine.svc, asset_id)
+    principal.require(coll.name, READ)
+    if row.media != "image":
+        raise HTTPException(404, f"asset {asset_id} is a text document; it has no thumbnail")
+    s = engine.svc.settings
+    image = load_image(served_path(engine.svc, row, coll), max_pixels=s.max_image_pixels,
+                       max_bytes=max_upload_bytes(s)).image
+    image.thumbnail((size, size))
+    out = io.BytesIO()
+    image.save(out, "JPEG", quality=85)
+    return Response(out.getvalue(), media_type="image/jpeg", headers={"Cache-Control": "private, max-age=3600"})
+
+
+@router.get("/{asset_id}/original", response_class=FileResponse,
+            responses={200: {"content": {"application/octet-stream": {}}, "description": "the file as ingested"}})
+def original(asset_id: AssetId, engine: EngineDep, principal: PrincipalDep) -> FileResponse:
+    row, coll = load_asset(engine.svc, asset_id)
+    principal.require(coll.name, READ)
+    path = served_path(engine.svc, row, coll)
+    return FileResponse(path, filename=path.name)

@@ -1,0 +1,52 @@
+"""Ingestion jobs started by the API: in this process on one background thread (the embedded default), or queued
+to the Celery workers when a real broker is configured. Either way the job's state lives in SQL (GET /jobs/{id})."""
+
+from __future__ import annotations
+
+import logging
+from concurrent.futures import ThreadPoolExecutor
+
+from engine.services import Services
+from ingest import pipeline
+
+log = logging.getLogger(__name__)
+
+
+def run_job(svc: Services, job_id: int) -> None:
+    """The whole job (scan, embed in batches, finalize); a failure is recorded on the job, never raised."""
+    try:
+        pending = pipeline.scan(svc, job_id)
+        size = svc.settings.batch_size
+        for i in range(0, len(pending), size):
+            pipeline.embed(svc, job_id, pending[i:i + size])
+        pipeline.try_finalize(svc, job_id)
+    except pipeline.SourceError as e:
+        pipeline.fail_job(svc, job_id, str(e))
+    except Exception as e:  # the database or the store: recorded so that GET /jobs/{id} says so
+        log.exception("ingest job %s failed", job_id)
+        pipeline.fail_job(svc, job_id, f"ingest failed: {e}")
+
+
+class IngestRunner:
+    """Starts jobs: one at a time on a background thread (embedded broker), else via ingest.worker.submit."""
+
+    def __init__(self, svc: Services):
+        self.svc = svc
+        self._pool: ThreadPoolExecutor | None = None
+
+    def start(self, paths: list[str], collection: str, ocr: bool = False) -> int:
+        if not self.svc.settings.embedded_broker:
+            from ingest.worker import submit
+
+            return submit(paths, collection, ocr=ocr)
+        job_id = pipeline.create_job(self.svc, paths, collection, ocr=ocr)  # a bad source fails here, as a 400
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="omnibridge-ingest")
+        self._pool.submit(run_job, self.svc, job_id)
+        return job_id
+
+    def close(self) -> None:
+        """Stop taking jobs; queued ones stay `queued` in SQL for the next worker's recovery."""
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)
+            self._pool = None
