@@ -492,11 +492,23 @@ def status_report(svc: Services, collection: str | None = None, jobs: int = 10, 
         }
 
 
+def run_job(svc: Services, job_id: int) -> dict:
+    """A whole registered job in this thread, no queue (scan, embed in batches, finalize): for the API's embedded
+    mode and a handful of files. A bad source or a store/database failure is recorded on the job, not raised."""
+    try:
+        pending = scan(svc, job_id)
+        size = svc.settings.batch_size
+        for i in range(0, len(pending), size):
+            embed(svc, job_id, pending[i:i + size])
+        try_finalize(svc, job_id)
+    except SourceError as e:
+        fail_job(svc, job_id, str(e))
+    except Exception as e:  # the database or the store: recorded so that status and GET /jobs/{id} say so
+        log.exception("ingest job %s failed", job_id)
+        fail_job(svc, job_id, f"ingest failed: {e}")
+    return job_summary(svc, job_id, errors=20)
+
+
 def run_inline(svc: Services, paths: list[str], collection: str, **options) -> dict:
-    """A whole job in this thread, no queue: for a handful of files (e.g. generated images)."""
-    job = create_job(svc, paths, collection, **options)
-    pending = scan(svc, job)
-    for i in range(0, len(pending), svc.settings.batch_size):
-        embed(svc, job, pending[i:i + svc.settings.batch_size])
-    try_finalize(svc, job)
-    return job_summary(svc, job, errors=20)
+    """Register a job and run it in this thread (e.g. for generated images); returns its summary."""
+    return run_job(svc, create_job(svc, paths, collection, **options))

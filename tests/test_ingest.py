@@ -50,12 +50,7 @@ def make_services(home: Path, model, database_url: str | None = None) -> Service
 
 
 def run_job(svc: Services, paths: list, collection: str = "c", ocr: bool = False) -> dict:
-    job = pipeline.create_job(svc, [str(p) for p in paths], collection, ocr=ocr)
-    pending = pipeline.scan(svc, job)
-    for i in range(0, len(pending), 8):
-        pipeline.embed(svc, job, pending[i:i + 8])
-    pipeline.try_finalize(svc, job)
-    return pipeline.job_summary(svc, job, errors=20)
+    return pipeline.run_inline(svc, [str(p) for p in paths], collection, ocr=ocr)
 
 
 def library(root: Path, photos: Path, names=("coffee", "chelsea", "astronaut", "rocket", "coins", "horse")) -> Path:

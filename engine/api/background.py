@@ -3,28 +3,10 @@ to the Celery workers when a real broker is configured. Either way the job's sta
 
 from __future__ import annotations
 
-import logging
 from concurrent.futures import ThreadPoolExecutor
 
 from engine.services import Services
 from ingest import pipeline
-
-log = logging.getLogger(__name__)
-
-
-def run_job(svc: Services, job_id: int) -> None:
-    """The whole job (scan, embed in batches, finalize); a failure is recorded on the job, never raised."""
-    try:
-        pending = pipeline.scan(svc, job_id)
-        size = svc.settings.batch_size
-        for i in range(0, len(pending), size):
-            pipeline.embed(svc, job_id, pending[i:i + size])
-        pipeline.try_finalize(svc, job_id)
-    except pipeline.SourceError as e:
-        pipeline.fail_job(svc, job_id, str(e))
-    except Exception as e:  # the database or the store: recorded so that GET /jobs/{id} says so
-        log.exception("ingest job %s failed", job_id)
-        pipeline.fail_job(svc, job_id, f"ingest failed: {e}")
 
 
 class IngestRunner:
@@ -42,7 +24,7 @@ class IngestRunner:
         job_id = pipeline.create_job(self.svc, paths, collection, ocr=ocr)  # a bad source fails here, as a 400
         if self._pool is None:
             self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="omnibridge-ingest")
-        self._pool.submit(run_job, self.svc, job_id)
+        self._pool.submit(pipeline.run_job, self.svc, job_id)
         return job_id
 
     def close(self) -> None:
