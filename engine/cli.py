@@ -396,6 +396,54 @@ def generate_similar(
         typer.echo(f"#{r['asset_id']}  seed {r['seed']}  {r['path']}  (from #{r['source_asset_id']}: {r['prompt']!r})")
 
 
+keys_app = typer.Typer(help="API keys for `omnibridge serve`: a secret shown once, per-collection scopes.",
+                       no_args_is_help=True)
+app.add_typer(keys_app, name="keys")
+
+
+@keys_app.command("create")
+def keys_create(
+    name: Annotated[str, typer.Argument(help="who or what uses the key")],
+    scope: Annotated[list[str], typer.Option("--scope", help="COLLECTION=read|write, '*' for all (repeatable)")],
+) -> None:
+    """Create a key and print its secret (only its hash is stored)."""
+    from .api.auth import create_api_key
+
+    scopes = {}
+    for item in scope:
+        collection, sep, level = item.partition("=")
+        if not sep:
+            _fail(f"--scope {item!r}: write COLLECTION=read or COLLECTION=write ('*' for every collection)")
+        scopes[collection] = level
+    try:
+        secret = create_api_key(_services(), name, scopes)
+    except ValueError as e:
+        _fail(str(e))
+    typer.echo(secret)
+
+
+@keys_app.command("revoke")
+def keys_revoke(name: Annotated[str, typer.Argument(help="the key's name")]) -> None:
+    """Revoke every key of this name."""
+    from .api.auth import revoke_api_key
+
+    n = revoke_api_key(_services(), name)
+    if not n:
+        _fail(f"no active key named {name!r}")
+    typer.echo(f"revoked {n} key(s) named {name!r}")
+
+
+@app.command()
+def serve(
+    host: Annotated[str, typer.Option("--host", help="address to listen on")] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", min=1, max=65535)] = 8000,
+) -> None:
+    """Run the HTTP API (OpenAPI at /docs); every call but /health needs a key from `omnibridge keys create`."""
+    import uvicorn
+
+    uvicorn.run("engine.api.main:create_app", factory=True, host=host, port=port, log_level="info")
+
+
 @app.command("worker")
 def worker_(
     concurrency: Annotated[int, typer.Option("--concurrency", min=1, help="parallel tasks in this worker")] = 1,

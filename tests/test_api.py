@@ -248,3 +248,25 @@ def test_no_server_errors_on_generated_requests(api):
                 f"{case.method} {case.formatted_path}: {response.status_code} {response.text[:300]}"
 
         no_server_error()
+
+
+def test_keys_from_the_cli_open_the_api(api):
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "OMNIBRIDGE_HOME": str(api.svc.settings.home)}
+    cli = [sys.executable, "-m", "engine.cli", "keys"]
+    root = Path(__file__).resolve().parents[1]
+    made = subprocess.run([*cli, "create", "cli-made", "--scope", "photos=read"], env=env, cwd=root,
+                          capture_output=True, text=True, timeout=120)
+    assert made.returncode == 0, made.stderr
+    headers = {"X-API-Key": made.stdout.strip()}
+    body = {"text": "a cup of coffee", "collection": "photos"}
+    assert api.client.post("/search", json=body, headers=headers).status_code == 200
+    bad = subprocess.run([*cli, "create", "x", "--scope", "photos"], env=env, cwd=root, capture_output=True,
+                         text=True, timeout=120)
+    assert bad.returncode == 2 and "COLLECTION=read" in bad.stderr
+    gone = subprocess.run([*cli, "revoke", "cli-made"], env=env, cwd=root, capture_output=True, text=True, timeout=120)
+    assert gone.returncode == 0 and "revoked 1" in gone.stdout
+    assert api.client.post("/search", json=body, headers=headers).status_code == 401
