@@ -19,7 +19,6 @@ from ingest.media import load_image
 
 from .auth import READ, PrincipalDep
 from .deps import AssetId, EngineDep, load_asset
-from .uploads import max_upload_bytes
 
 router = APIRouter(prefix="/assets", tags=["assets"])
 
@@ -63,7 +62,7 @@ def thumbnail(asset_id: AssetId, engine: EngineDep, principal: PrincipalDep,
         raise HTTPException(404, f"asset {asset_id} is a text document; it has no thumbnail")
     s = engine.svc.settings
     image = load_image(served_path(engine.svc, row, coll), max_pixels=s.max_image_pixels,
-                       max_bytes=max_upload_bytes(s)).image
+                       max_bytes=s.max_file_bytes).image
     image.thumbnail((size, size))
     out = io.BytesIO()
     image.save(out, "JPEG", quality=85)

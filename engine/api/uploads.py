@@ -15,10 +15,6 @@ CHUNK = 1 << 20
 MAX_NAME = 120
 
 
-def max_upload_bytes(settings: Settings) -> int:
-    return int(settings.max_file_mb * 2**20)
-
-
 def plain_name(filename: str | None) -> str:
     """A safe file name for an upload: refused (400) if it names a folder or climbs out of one, else sanitized."""
     raw = filename or ""
@@ -40,7 +36,7 @@ def save_upload(upload: UploadFile, folder: Path, settings: Settings, created: l
     A different file already stored under that name is kept: the new one gets a content-hash suffix. A file this
     call adds (not one already there with the same content) is appended to `created`, for clean-up on failure."""
     name = plain_name(upload.filename)
-    limit = max_upload_bytes(settings)
+    limit = settings.max_file_bytes
     if upload.size is not None and upload.size > limit:
         raise _too_large(upload.filename, settings)
     folder.mkdir(parents=True, exist_ok=True)
