@@ -182,7 +182,7 @@ class Asset(Base):
     status: Mapped[str] = mapped_column(String(16), default="pending", server_default="pending")
     error: Mapped[str | None] = mapped_column(TextType)  # why it failed, naming the file
     duplicate_of: Mapped[int | None] = mapped_column(ForeignKey("assets.id", ondelete="SET NULL"), index=True)
-    near_dup_group: Mapped[int | None]  # smallest asset id of its near-duplicate group
+    near_dup_group: Mapped[int | None] = mapped_column(index=True)  # smallest asset id of its near-duplicate group
     synthetic: Mapped[bool] = mapped_column(default=False, server_default=false())  # generated, not captured
     job_id: Mapped[int | None] = mapped_column(ForeignKey("jobs.id", ondelete="SET NULL"), index=True)
     created_at: Mapped[datetime] = _created()
