@@ -61,6 +61,7 @@ class Engine:
     def __init__(self, services: Services | None = None):
         self.svc = services or get_services()
         self._lock = threading.Lock()
+        self._encode = threading.Lock()  # one query encode at a time: torch already uses every core for one
         self._answerer = None
         self._generator: Generator | None = None
 
@@ -89,11 +90,13 @@ class Engine:
         if image is not None:
             s = self.svc.settings
             info = load_image(image, max_pixels=s.max_image_pixels, max_bytes=s.max_file_bytes)
-            vec = self.svc.model.encode_images([info.image], role="query")[0]
+            with self._encode:
+                vec = self.svc.model.encode_images([info.image], role="query")[0]
         else:
             if not text.strip():
                 raise ValueError("the text query is empty; type what you are looking for")
-            vec = self.svc.model.encode_texts([text], role="query")[0]
+            with self._encode:
+                vec = self.svc.model.encode_texts([text], role="query")[0]
         flt["kind"] = "image"
         if not include_synthetic:
             flt["synthetic"] = False
