@@ -443,7 +443,7 @@ def _errors(db, where, limit: int) -> list[dict]:
     return [{"asset_id": i, "path": u, "error": e} for i, u, e in rows]
 
 
-def _job_dict(db, job: Job, collection: str) -> dict:
+def _job_dict(job: Job, collection: str) -> dict:
     o = job.options or {}
     end = job.finished_at or utcnow()
     start = job.started_at or job.created_at
@@ -463,7 +463,7 @@ def job_summary(svc: Services, job_id: int, errors: int = 0) -> dict:
         job = db.get(Job, job_id)
         if job is None:
             raise ValueError(f"no job {job_id}")
-        out = _job_dict(db, job, db.get(Collection, job.collection_id).name)
+        out = _job_dict(job, db.get(Collection, job.collection_id).name)
         if errors:
             out["errors"] = _errors(db, Asset.job_id == job_id, errors)
         return out
@@ -487,7 +487,7 @@ def status_report(svc: Services, collection: str | None = None, jobs: int = 10, 
         return {
             "known": known,
             "collections": [{"name": c.name, "root": c.root, "assets": counts.get(c.id, {})} for c in colls],
-            "jobs": [_job_dict(db, j, names[j.collection_id]) for j in recent],
+            "jobs": [_job_dict(j, names[j.collection_id]) for j in recent],
             "errors": _errors(db, Asset.collection_id.in_(ids), errors),
         }
 

@@ -25,7 +25,7 @@ from . import pipeline
 
 log = logging.getLogger(__name__)
 
-SCAN, EMBED, RECOVER = "omnibridge.ingest.scan", "omnibridge.ingest.embed", "omnibridge.ingest.recover"
+SCAN, EMBED = "omnibridge.ingest.scan", "omnibridge.ingest.embed"
 QUEUE = "omnibridge-ingest"
 
 app = Celery("omnibridge")
@@ -98,11 +98,6 @@ def embed_task(job_id: int, asset_ids: list[int]) -> dict:
         counts = pipeline.fail_assets(svc, job_id, asset_ids, f"internal error while embedding: {e}")
     pipeline.try_finalize(svc, job_id)
     return counts
-
-
-@app.task(name=RECOVER, soft_time_limit=600, time_limit=660)
-def recover_task() -> dict:
-    return recover()
 
 
 def recover() -> dict:
