@@ -11,6 +11,11 @@ $(STAMP): pyproject.toml Makefile
 	@command -v tesseract >/dev/null || { [ "$$(id -u)" = 0 ] && (apt-get install -y -q tesseract-ocr tesseract-ocr-eng \
 		|| (apt-get update -q && apt-get install -y -q tesseract-ocr tesseract-ocr-eng)) >/dev/null; } \
 		|| echo "note: OCR needs tesseract: sudo apt-get install tesseract-ocr tesseract-ocr-eng"
+	# The browser test uses Debian's chromium + chromedriver; the compose test Debian's docker-compose (v1, offline)
+	@{ command -v chromedriver >/dev/null && command -v docker-compose >/dev/null; } || { [ "$$(id -u)" = 0 ] && \
+		(apt-get install -y -q chromium chromium-driver docker-compose \
+		|| (apt-get update -q && apt-get install -y -q chromium chromium-driver docker-compose)) >/dev/null; } \
+		|| echo "note: the browser and compose tests need: sudo apt-get install chromium chromium-driver docker-compose"
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q torch==2.13.0

@@ -19,6 +19,7 @@ import numpy as np
 from sqlalchemy import func, select
 
 from .answer import DEFAULT_MIN_SCORE, Answer, Evidence, load_answerer, stream_answer
+from .catalog import CatalogMixin
 from .db import Asset, Collection, GeneratedAsset, Text
 from .generate import GenerationParams, Generator
 from .services import Services, get_services
@@ -57,7 +58,7 @@ def store_filter(filters: dict) -> dict:
     return out
 
 
-class Engine:
+class Engine(CatalogMixin):
     def __init__(self, services: Services | None = None):
         self.svc = services or get_services()
         self._lock = threading.Lock()

@@ -35,6 +35,12 @@ class Settings(BaseSettings):
     qdrant_prefix: str = Field(default="omnibridge", description="prefix of the Qdrant collections")
     answerer: str = Field(default="smollm2", description="'smollm2' (offline) or 'qwen2-vl:MODEL[@LORA]' for answers")
     generator: str | None = Field(default=None, description="diffusers checkpoint (folder or hub id) for generate-similar")
+    api_url: str | None = Field(default=None, description="the UI calls this API (http://HOST:8000); empty = in-process engine")
+    api_key: str | None = Field(default=None, description="the key the UI sends to OMNIBRIDGE_API_URL")
+    admin_key: str | None = Field(default=None, description="a secret the API accepts with write access to every collection")
+    api_host: str = Field(default="127.0.0.1", description="address `omnibridge serve` and the demo listen on")
+    api_port: int = Field(default=8000, ge=1, le=65535, description="port of the HTTP API")
+    ui_port: int = Field(default=8501, ge=1, le=65535, description="port of the Streamlit UI")
     batch_size: int = Field(default=32, ge=1, le=4096, description="images embedded per batch")
     max_image_pixels: int = Field(default=100_000_000, ge=1, description="larger images are rejected (bomb guard)")
     max_file_mb: float = Field(default=200.0, gt=0, description="larger files are rejected")
@@ -65,6 +71,21 @@ class Settings(BaseSettings):
     def _qdrant(cls, v: str | None) -> str | None:
         if v and not v.startswith(("http://", "https://", ":memory:")):
             raise ValueError(f"{v!r} is not a Qdrant URL; use http://HOST:6333 (or leave it empty for embedded)")
+        return v or None
+
+    @field_validator("api_url")
+    @classmethod
+    def _api_url(cls, v: str | None) -> str | None:
+        if v and not v.startswith(("http://", "https://")):
+            raise ValueError(f"{v!r} is not an API URL; use http://HOST:8000 (or leave it empty for the in-process engine)")
+        return v.rstrip("/") if v else None
+
+    @field_validator("admin_key")
+    @classmethod
+    def _admin_key(cls, v: str | None) -> str | None:
+        if v is not None and (len(v) < 16 or v.lower() in {"changeme", "change-me", "secret", "password"}
+                              or len(set(v)) < 6):
+            raise ValueError("is too weak; use a random secret of 16+ characters, e.g. `openssl rand -hex 24`")
         return v or None
 
     # derived ------------------------------------------------------------------------------------------------
