@@ -8,11 +8,16 @@ for every collection, to "read" or "write" (write implies read):
 
 Every endpoint but /health and the OpenAPI docs needs a key: none, unknown or revoked -> 401; a key without the
 scope the request's collection needs -> 403.
+
+OMNIBRIDGE_ADMIN_KEY, when set, is accepted as well (the same two headers, compared in constant time) with write
+access to every collection: a deployment (docker-compose's UI service) gets a working key without anyone running
+`omnibridge keys create` inside a container. It lives in the environment only, never in the database.
 """
 
 from __future__ import annotations
 
 import hashlib
+import hmac
 import secrets
 from dataclasses import dataclass
 from typing import Annotated
@@ -29,6 +34,7 @@ from .deps import ServicesDep
 READ, WRITE = "read", "write"
 ALL = "*"  # the scope key meaning every collection
 LEVELS = (READ, WRITE)
+ADMIN_NAME = "OMNIBRIDGE_ADMIN_KEY"  # the principal's name when the admin key is used
 
 
 def hash_key(secret: str) -> str:
@@ -71,9 +77,9 @@ def revoke_api_key(svc: Services, name: str) -> int:
 
 @dataclass(frozen=True)
 class Principal:
-    """The caller: an unrevoked key and its scopes."""
+    """The caller: an unrevoked key and its scopes (key_id None: the admin key of the settings)."""
 
-    key_id: int
+    key_id: int | None
     name: str
     scopes: dict[str, str]
 
@@ -97,6 +103,12 @@ _bearer = HTTPBearer(auto_error=False, description="Authorization: Bearer <API k
 UNAUTHORIZED = {"WWW-Authenticate": "Bearer"}
 
 
+def is_admin_key(svc: Services, secret: str) -> bool:
+    """Whether `secret` is the configured OMNIBRIDGE_ADMIN_KEY (False when none is set); constant-time."""
+    admin = svc.settings.admin_key
+    return bool(admin) and hmac.compare_digest(secret.encode(), admin.encode())
+
+
 def get_principal(
     svc: ServicesDep,
     api_key: Annotated[str | None, Security(_api_key_header)] = None,
@@ -106,6 +118,8 @@ def get_principal(
     if not secret:
         raise HTTPException(401, "an API key is required: send 'Authorization: Bearer <key>' or 'X-API-Key: <key>'",
                             headers=UNAUTHORIZED)
+    if is_admin_key(svc, secret):
+        return Principal(None, ADMIN_NAME, {ALL: WRITE})
     with svc.session() as db:
         key = db.scalar(select(ApiKey).where(ApiKey.key_hash == hash_key(secret)))
     if key is None or key.revoked:
