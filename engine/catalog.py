@@ -1,9 +1,254 @@
 """What the Engine knows about the library itself: collections, jobs, assets, thumbnails, embedding maps.
 
-`CatalogMixin` is mixed into `engine.engine.Engine` (it uses `self.svc`, the process's Services)."""
+`CatalogMixin` is mixed into `engine.engine.Engine` (it uses `self.svc`, the process's Services):
+
+    engine.collections()                                  # [{"name", "root", "assets": {status: n}}]
+    job_id = engine.start_ingest("photos", ["/data/photos"])      # runs in the background; poll engine.job(job_id)
+    job_id = engine.ingest_uploads("photos", [("cat.jpg", data)])  # stored under HOME/media/uploads/photos/
+    engine.embedding_map("photos")                        # {"points": [{"id", "x", "y", ...}], "total", "capped"}
+"""
 
 from __future__ import annotations
+
+import base64
+import hashlib
+import io
+import re
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+from sqlalchemy import func, select
+
+from .db import Asset, Collection, GeneratedAsset, Text, Vector
+
+COLLECTION_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")  # the API's rule: also a safe folder name
+MAP_LIMIT = 2000  # points drawn on an embedding map at most
+MAX_UPLOAD_NAME = 120
+
+
+def check_collection_name(name: str) -> str:
+    if not isinstance(name, str) or not COLLECTION_NAME.match(name):
+        raise ValueError(f"collection name {name!r}: use 1 to 128 letters, digits, '.', '_' or '-', "
+                         "starting with a letter or digit (e.g. 'spring-campaign')")
+    return name
 
 
 class CatalogMixin:
     svc: object
+    _jobs_pool: ThreadPoolExecutor | None = None
+    _jobs_lock = threading.Lock()
+
+    # -- collections and jobs --------------------------------------------------------------------------------
+
+    def collections(self) -> list[dict]:
+        """Every collection with its asset counts by status (indexed, duplicate, failed, pending)."""
+        from ingest import pipeline
+
+        return pipeline.status_report(self.svc, jobs=0, errors=0)["collections"]
+
+    def create_collection(self, name: str) -> dict:
+        """An empty collection whose root is its upload folder (HOME/media/uploads/NAME); existing: returned as is."""
+        check_collection_name(name)
+        root = self.svc.settings.media_dir / "uploads" / name
+        with self.svc.session() as db:
+            coll = db.scalar(select(Collection).where(Collection.name == name))
+            if coll is None:
+                root.mkdir(parents=True, exist_ok=True)
+                coll = Collection(name=name, root=str(root.resolve()))
+                db.add(coll)
+                db.commit()
+            return {"name": coll.name, "root": coll.root, "assets": {}}
+
+    def start_ingest(self, collection: str, paths: list[str], ocr: bool = False) -> int:
+        """Start a job over folders, files or PAIRS.jsonl (a bad path raises ValueError now); returns its id.
+
+        Embedded broker: one job at a time on a background thread of this process; else queued to the workers."""
+        from ingest import pipeline
+
+        check_collection_name(collection)
+        paths = [str(p).strip() for p in paths if str(p).strip()]
+        if not paths:
+            raise ValueError("give at least one folder or file to ingest")
+        if not self.svc.settings.embedded_broker:
+            from ingest.worker import submit
+
+            pipeline.read_source(paths)
+            return submit(paths, collection, ocr=ocr)
+        job_id = pipeline.create_job(self.svc, paths, collection, ocr=ocr)
+        with self._jobs_lock:
+            if self._jobs_pool is None:
+                self._jobs_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="omnibridge-ingest")
+        self._jobs_pool.submit(pipeline.run_job, self.svc, job_id)
+        return job_id
+
+    def ingest_uploads(self, collection: str, files: list[tuple[str, bytes]], ocr: bool = False) -> int:
+        """Store uploaded images under HOME/media/uploads/COLLECTION and start a job over them.
+
+        A file that is not a readable image is refused with its name and the reason; then none of the files are kept."""
+        from ingest.media import MediaError, load_image, media_kind
+
+        check_collection_name(collection)
+        if not files:
+            raise ValueError("choose at least one image to upload")
+        s = self.svc.settings
+        folder = s.media_dir / "uploads" / collection
+        folder.mkdir(parents=True, exist_ok=True)
+        created: list[Path] = []
+        stored: list[str] = []
+        try:
+            for raw_name, data in files:
+                name = _plain_name(raw_name)
+                if media_kind(name) != "image":
+                    raise ValueError(f"{raw_name!r} is not an image file name (use .jpg, .png, .webp, ...)")
+                if len(data) > s.max_file_bytes:
+                    raise ValueError(f"{raw_name!r} is over the {s.max_file_mb:g} MB limit (OMNIBRIDGE_MAX_FILE_MB)")
+                part = folder / f".{name}.part"  # dotfiles are never ingested
+                part.write_bytes(data)
+                try:
+                    load_image(part, max_pixels=s.max_image_pixels, max_bytes=s.max_file_bytes)
+                except (MediaError, OSError) as e:
+                    raise ValueError(f"{raw_name!r} is not a readable image: {str(e).split(': ', 1)[-1]}") from None
+                finally:
+                    part.unlink(missing_ok=True)
+                dest = folder / name
+                if dest.exists() and dest.read_bytes() != data:
+                    dest = folder / f"{dest.stem}-{hashlib.sha256(data).hexdigest()[:8]}{dest.suffix}"
+                if not dest.exists():
+                    dest.write_bytes(data)
+                    created.append(dest)
+                stored.append(str(dest.resolve()))
+            return self.start_ingest(collection, list(dict.fromkeys(stored)), ocr=ocr)
+        except Exception:
+            for path in created:
+                path.unlink(missing_ok=True)
+            raise
+
+    def job(self, job_id: int) -> dict:
+        """A job's status, counters and its failed files (path and reason)."""
+        from ingest import pipeline
+
+        return pipeline.job_summary(self.svc, job_id, errors=100)
+
+    def recent_jobs(self, collection: str | None = None, n: int = 10) -> list[dict]:
+        from ingest import pipeline
+
+        return pipeline.status_report(self.svc, collection, jobs=n, errors=0)["jobs"]
+
+    # -- assets ----------------------------------------------------------------------------------------------
+
+    def asset_info(self, asset_id: int) -> dict:
+        """Metadata of an asset, its texts by kind, and its lineage when it was generated."""
+        with self.svc.session() as db:
+            row = db.get(Asset, asset_id) if isinstance(asset_id, int) else None
+            if row is None:
+                raise ValueError(f"no asset with id {asset_id!r}")
+            texts: dict[str, list[str]] = {}
+            for t in db.scalars(select(Text).where(Text.asset_id == asset_id).order_by(Text.id)):
+                texts.setdefault(t.kind, []).append(t.content)
+            lineage = db.scalar(select(GeneratedAsset).where(GeneratedAsset.asset_id == asset_id))
+            return {"id": row.id, "collection": db.get(Collection, row.collection_id).name, "path": row.uri,
+                    "media": row.media, "status": row.status, "error": row.error, "format": row.format,
+                    "width": row.width, "height": row.height, "bytes": row.bytes,
+                    "near_dup_group": row.near_dup_group, "synthetic": row.synthetic, "texts": texts,
+                    "lineage": None if lineage is None else {
+                        "source_asset_id": lineage.source_asset_id, "prompt": lineage.prompt,
+                        "model": lineage.model, "seed": lineage.seed, "params": lineage.params}}
+
+    def thumbnail(self, asset_id: int, size: int = 256) -> bytes:
+        """A JPEG of the image asset, at most size x size."""
+        with self.svc.session() as db:
+            row = db.get(Asset, asset_id) if isinstance(asset_id, int) else None
+            if row is None or row.media != "image":
+                raise ValueError(f"no image asset with id {asset_id!r}")
+            uri = row.uri
+        return _jpeg(uri, size)
+
+    # -- embedding map ---------------------------------------------------------------------------------------
+
+    def embedding_map(self, collection: str, limit: int = MAP_LIMIT, thumb_size: int = 64,
+                      include_synthetic: bool = False) -> dict:
+        """A 2-D PCA projection of the collection's image vectors (the configured model's space); generated images
+        only with include_synthetic.
+
+        Returns {"points": [{"id", "x", "y", "caption", "path", "near_dup_group", "synthetic", "thumbnail"}],
+        "total": images in the collection, "capped": whether only the first `limit` (by id) are drawn,
+        "explained": the share of variance each axis explains}. Thumbnails are JPEG data URLs."""
+        model_id, space, _ = self.svc.model_row()
+        with self.svc.session() as db:
+            coll = db.scalar(select(Collection).where(Collection.name == collection))
+            if coll is None:
+                raise ValueError(f"no collection named {collection!r}")
+            where = (Vector.model_id == model_id, Vector.kind == "image", Asset.collection_id == coll.id,
+                     Asset.status == "indexed") + (() if include_synthetic else (Asset.synthetic.is_(False),))
+            total = db.scalar(select(func.count()).select_from(Vector).join(Asset, Vector.asset_id == Asset.id)
+                              .where(*where))
+            rows = db.execute(select(Asset.id, Asset.uri, Asset.near_dup_group, Asset.synthetic, Vector.point_id)
+                              .join(Vector, Vector.asset_id == Asset.id).where(*where).order_by(Asset.id)
+                              .limit(limit)).all()
+            captions: dict[int, str] = {}
+            for aid, content in db.execute(select(Text.asset_id, Text.content).where(
+                    Text.asset_id.in_([r[0] for r in rows]), Text.kind == "caption").order_by(Text.id)):
+                captions.setdefault(aid, content)
+        vectors = {}
+        for i in range(0, len(rows), 256):
+            for pid, _, vec in self.svc.store.retrieve(space, [r[4] for r in rows[i:i + 256]], with_vectors=True):
+                if vec is not None:
+                    vectors[pid] = np.asarray(vec, dtype=np.float32)
+        rows = [r for r in rows if r[4] in vectors]
+        xy, explained = _pca2([vectors[r[4]] for r in rows])
+        points = [{"id": aid, "x": float(x), "y": float(y), "caption": captions.get(aid) or Path(uri).stem,
+                   "path": uri, "near_dup_group": group or aid, "synthetic": bool(synthetic),
+                   "thumbnail": _data_url(uri, thumb_size)}
+                  for (aid, uri, group, synthetic, _), (x, y) in zip(rows, xy)]
+        return {"collection": collection, "points": points, "total": int(total or 0), "capped": total > len(rows),
+                "explained": explained}
+
+
+def _pca2(vectors: list[np.ndarray]) -> tuple[np.ndarray, list[float]]:
+    """n x 2 coordinates on the two main axes of the centred vectors, and the variance share of each axis."""
+    if not vectors:
+        return np.zeros((0, 2)), [0.0, 0.0]
+    x = np.stack(vectors).astype(np.float64)  # n d
+    x -= x.mean(0)
+    if len(vectors) < 2:
+        return np.zeros((len(vectors), 2)), [0.0, 0.0]
+    u, s, _ = np.linalg.svd(x, full_matrices=False)  # u: n r, s: r
+    s2 = np.pad(s, (0, max(0, 2 - len(s))))[:2]
+    xy = np.pad(u[:, :2], ((0, 0), (0, max(0, 2 - u.shape[1])))) * s2  # n 2
+    var = float((s**2).sum()) or 1.0
+    return xy, [round(float(v**2) / var, 4) for v in s2]
+
+
+def _plain_name(raw: str) -> str:
+    """A safe file name: folders and '..' refused, other characters replaced."""
+    if not raw or any(c in raw for c in ("/", "\\", "\x00")) or raw.strip(".") == "":
+        raise ValueError(f"file name {raw!r}: give a plain file name, without folders or '..'")
+    name = re.sub(r"[^A-Za-z0-9._-]+", "_", raw).lstrip("._-")
+    stem, dot, ext = name.rpartition(".")
+    if not dot or not stem:
+        raise ValueError(f"file name {raw!r} has no extension; use .jpg, .png, .webp, ...")
+    return f"{stem[:MAX_UPLOAD_NAME]}.{ext.lower()}"
+
+
+def _jpeg(path: str, size: int) -> bytes:
+    with Image.open(path) as im:
+        im.draft("RGB", (size, size))  # JPEGs decode at a reduced scale: fast for big photos
+        im.thumbnail((size, size))
+        if im.mode in ("RGBA", "LA", "P"):
+            im = im.convert("RGBA")
+            background = Image.new("RGB", im.size, "white")
+            background.paste(im, mask=im.getchannel("A"))
+            im = background
+        out = io.BytesIO()
+        im.convert("RGB").save(out, "JPEG", quality=80)
+    return out.getvalue()
+
+
+def _data_url(path: str, size: int) -> str | None:
+    try:
+        return "data:image/jpeg;base64," + base64.b64encode(_jpeg(path, size)).decode()
+    except OSError:  # the file is gone or unreadable: the point is drawn without a picture
+        return None

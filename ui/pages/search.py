@@ -1,0 +1,129 @@
+"""Search: by text or by an uploaded image, with filters, a grid of hits, "more like this" and pages."""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from ui.client import ClientError
+from ui.common import client, collection_picker, collections_or_help, hit_grid, thumb
+
+FORMATS = ["JPEG", "PNG", "GIF", "WEBP", "BMP", "TIFF"]
+S = st.session_state
+
+
+def set_query(**query) -> None:
+    S["query"], S["offset"] = query, 0
+
+
+def text_entered() -> None:
+    if S.get("q", "").strip():
+        set_query(text=S["q"].strip())
+
+
+def more_like(asset_id: int) -> None:
+    set_query(asset_id=asset_id)
+    st.rerun()
+
+
+def filters_form() -> tuple[dict, bool, bool]:
+    with st.expander("Filters"):
+        a, b, c = st.columns(3)
+        formats = a.multiselect("Format", FORMATS, key="f_format")
+        tags = a.text_input("Tags (any of, comma-separated)", key="f_tags")
+        min_w = b.number_input("Minimum width (px)", min_value=0, step=100, key="f_min_width")
+        min_h = b.number_input("Minimum height (px)", min_value=0, step=100, key="f_min_height")
+        since = c.date_input("Modified since", value=None, key="f_since")
+        until = c.date_input("Modified until", value=None, key="f_until")
+        synthetic = st.checkbox("Include generated images", key="f_synthetic")
+        all_dups = st.checkbox("Show every near-duplicate (not only the best of each group)", key="f_all_dups")
+    filters = {"format": formats, "tags": [t.strip() for t in tags.split(",") if t.strip()],
+               "min_width": int(min_w) or None, "min_height": int(min_h) or None,
+               "since": since.isoformat() if since else None, "until": until.isoformat() if until else None}
+    return {k: v for k, v in filters.items() if v}, synthetic, not all_dups
+
+
+def describe(query: dict) -> None:
+    if "text" in query:
+        st.subheader(f"Results for “{query['text']}”")
+    elif "asset_id" in query:
+        left, right = st.columns([1, 8])
+        data = thumb(query["asset_id"], 128)
+        if data:
+            left.image(data, width="stretch")
+        right.subheader(f"More like #{query['asset_id']}")
+    else:
+        left, right = st.columns([1, 8])
+        left.image(query["image"][1], width="stretch")
+        right.subheader(f"Images like {query['image'][0]}")
+
+
+def no_match(query: dict, filtered: bool) -> None:
+    what = f"“{query['text']}”" if "text" in query else "this image"
+    tips = ["use other or fewer words (describe what is visible: objects, colours, scene)",
+            "search by an example image instead"]
+    if filtered:
+        tips.insert(0, "clear or loosen the filters")
+    tips.append("pick another collection, or add images on the Collections page")
+    st.warning(f"No good match for {what} in this collection. Try to " + "; ".join(tips) + ".")
+
+
+def pager(offset: int, size: int, has_next: bool) -> None:
+    prev, label, nxt = st.columns([1, 2, 1])
+    if prev.button("← Previous", disabled=offset == 0, key="prev_page", width="stretch"):
+        S["offset"] = max(0, offset - size)
+        st.rerun()
+    label.markdown(f"<div style='text-align:center'>Page {offset // size + 1}</div>", unsafe_allow_html=True)
+    if nxt.button("Next →", disabled=not has_next, key="next_page", width="stretch"):
+        S["offset"] = offset + size
+        st.rerun()
+
+
+st.title("Search")
+colls = collections_or_help()
+if colls is not None:
+    text_col, image_col = st.columns([3, 2])
+    with text_col:
+        st.text_input("Describe what you are looking for", key="q", on_change=text_entered,
+                      placeholder="a cup of coffee, an astronaut, coins on a table...")
+        if st.button("Search", type="primary", key="search_button"):
+            if S.get("q", "").strip():
+                text_entered()
+            else:
+                st.toast("Type a few words to search for first.")
+    with image_col:
+        upload = st.file_uploader("…or search by image", type=["jpg", "jpeg", "png", "webp", "gif", "bmp", "tif",
+                                                                "tiff"], key="query_image")
+        if upload is not None and st.button("Search by this image", key="image_button"):
+            set_query(image=(upload.name, upload.getvalue()))
+    collection = collection_picker(colls, key="collection")
+    filters, synthetic, collapse = filters_form()
+    size = st.select_slider("Hits per page", [8, 12, 20, 40], value=12, key="page_size")
+
+    query = S.get("query")
+    if query:
+        signature = (repr(query)[:200], collection, repr(filters), synthetic, collapse, size)
+        if S.get("signature") != signature:
+            S["signature"], S["offset"] = signature, 0
+        offset = S.get("offset", 0)
+        describe(query)
+        try:
+            with st.spinner("Searching..."):
+                result = client().search(**query, collection=collection, k=size + 1, offset=offset,
+                                         filters=filters, include_synthetic=synthetic, collapse=collapse)
+        except ClientError as e:
+            st.error(f"The search failed: {e}")
+        else:
+            hits = result["hits"]
+            S["last_hits"] = hits[:size]
+            if result.get("no_match"):
+                no_match(query, bool(filters))
+                if hits:
+                    st.caption("The closest images, all weak matches:")
+            elif not hits and offset:
+                st.info("No more results: this is past the last page.")
+            hit_grid(hits[:size], key="hit", on_more=more_like)
+            if hits or offset:
+                pager(offset, size, has_next=len(hits) > size)
+    else:
+        st.caption("Type a description and press Enter, or upload an example image. Every hit offers "
+                   "“More like this” and “Generate similar”.")
