@@ -140,8 +140,9 @@ def eval_(
 def demo(
     model: ModelOpt = None,
     query: Annotated[Optional[list[str]], typer.Option("--query", "-q", help="a text query (repeatable)")] = None,
+    no_serve: Annotated[bool, typer.Option("--no-serve", help="only index and search the sample; start no servers")] = False,
 ) -> None:
-    """Index the bundled sample of real photos (scikit-image) into the embedded stores and search it."""
+    """Index the bundled sample of real photos (scikit-image), search it, then run the UI and the API until Ctrl-C."""
     from omnibridge.data import read_pairs
     from omnibridge.evaluate import evaluate
 
@@ -152,6 +153,14 @@ def demo(
     settings = get_settings()
     if model:
         settings = settings.model_copy(update={"model": model})
+    if not no_serve:  # before the work: a busy port should not cost the wait
+        from .launch import LaunchError, check_port_free
+
+        try:
+            check_port_free(settings.api_host, settings.api_port, "OMNIBRIDGE_API_PORT")
+            check_port_free(settings.api_host, settings.ui_port, "OMNIBRIDGE_UI_PORT")
+        except LaunchError as e:
+            _fail(str(e))
     pairs_file = write_photo_sample(settings.home / "samples" / "photos")
     svc = get_services(settings)
     try:
@@ -168,6 +177,36 @@ def demo(
         hits = Engine(svc).search(text=q, collection="samples", k=3)["hits"]
         typer.echo(f"{q!r:>34} -> " + ", ".join(f"{Path(h['path']).name} ({h['score']:.2f})" for h in hits))
     typer.echo("search it yourself: omnibridge search \"a red flower\" --collection samples")
+    if not no_serve:
+        _serve_demo(svc)
+
+
+def _serve_demo(svc) -> None:
+    """Start the API and the UI on the embedded stores, print their URLs and an API key, run until Ctrl-C."""
+    from .api.auth import create_api_key, revoke_api_key
+    from .launch import LaunchError, Launcher
+
+    revoke_api_key(svc, "demo")  # one live demo key: the one printed below
+    key = create_api_key(svc, "demo", {"*": "write"})
+    svc.close()  # hand the embedded vector store over to the API and UI processes
+    launcher = Launcher(svc.settings)
+    typer.echo("starting the API and the UI (logs in " + str(svc.settings.home / "logs") + ") ...")
+    try:
+        launcher.start()
+    except LaunchError as e:
+        _fail(str(e))
+    urls = launcher.urls
+    typer.secho("\nOmniBridge Search is running on the collection 'samples' (Ctrl-C stops it):", bold=True)
+    typer.echo(f"  UI   {urls['ui']}")
+    typer.echo(f"  API  {urls['api']}  (OpenAPI docs at {urls['api']}/docs)")
+    typer.echo(f"       key with write access to every collection: {key}")
+    typer.echo(f"       curl -H 'X-API-Key: {key}' -H 'Content-Type: application/json' "
+               f"-d '{{\"text\": \"a cat\"}}' {urls['api']}/search")
+    try:
+        reason = launcher.wait()
+    finally:
+        launcher.stop()
+    typer.echo(f"{reason}; the API and the UI are stopped")
 
 
 # -- ingestion and search ---------------------------------------------------------------------------------------

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import streamlit as st
+from PIL import Image
 
 from ui import client as clients
 
@@ -31,14 +33,22 @@ def client():
 
 
 @st.cache_data(max_entries=4000, show_spinner=False)
-def _thumb(where: str, asset_id: int, size: int) -> bytes:
-    return client().thumbnail(asset_id, size)
+def _thumb(where: str, asset_id: int, size: int, square: bool) -> bytes:
+    data = client().thumbnail(asset_id, size)
+    if not square:
+        return data
+    with Image.open(io.BytesIO(data)) as im:  # letterboxed: every card of a grid has the same height
+        canvas = Image.new("RGB", (size, size), (246, 246, 248))
+        canvas.paste(im, ((size - im.width) // 2, (size - im.height) // 2))
+    out = io.BytesIO()
+    canvas.save(out, "JPEG", quality=85)
+    return out.getvalue()
 
 
-def thumb(asset_id: int, size: int = 256) -> bytes | None:
+def thumb(asset_id: int, size: int = 256, square: bool = False) -> bytes | None:
     """A JPEG of the asset, cached; None when its file cannot be read (the hit is still shown)."""
     try:
-        return _thumb(client().where, asset_id, size)
+        return _thumb(client().where, asset_id, size, square)
     except clients.ClientError:
         return None
 
@@ -89,7 +99,7 @@ def hit_grid(hits: list[dict], key: str, columns: int = 4, on_more=None) -> None
         cols = st.columns(columns)
         for col, hit in zip(cols, hits[start:start + columns]):
             with col.container(border=True):
-                data = thumb(hit["id"])
+                data = thumb(hit["id"], square=True)
                 if data:
                     st.image(data, width="stretch")
                 else:
@@ -106,8 +116,9 @@ def hit_grid(hits: list[dict], key: str, columns: int = 4, on_more=None) -> None
                            + (f" · {hit['collection']}" if hit.get("collection") else ""))
                 if hit.get("tags"):
                     st.caption("tags: " + ", ".join(hit["tags"]))
-                left, right = st.columns(2)
-                if on_more and left.button("More like this", key=f"{key}-more-{hit['id']}", width="stretch"):
+                if on_more and st.button("More like this", key=f"{key}-more-{hit['id']}", width="stretch",
+                                         icon=":material/image_search:"):
                     on_more(hit["id"])
-                if right.button("Generate similar", key=f"{key}-gen-{hit['id']}", width="stretch"):
+                if st.button("Generate similar", key=f"{key}-gen-{hit['id']}", width="stretch",
+                             icon=":material/auto_awesome:"):
                     generate_from(hit["id"])
