@@ -347,9 +347,15 @@ def search(
     until: Annotated[Optional[str], typer.Option("--until", help="files modified up to (2024-06-30)")] = None,
     include_synthetic: Annotated[bool, typer.Option("--include-synthetic", help="also generated images")] = False,
     all_duplicates: Annotated[bool, typer.Option("--all-duplicates", help="do not collapse near-duplicates")] = False,
+    texts: Annotated[bool, typer.Option("--texts", help="find captions, OCR text and documents instead of images")] = False,
+    mode: Annotated[str, typer.Option("--mode", help="hybrid (vectors + keywords), vector or keyword")] = "hybrid",
+    min_relevance: Annotated[Optional[float], typer.Option(
+        "--min-relevance", min=0.0, max=1.0, help="show hits down to this score (default: the no-match threshold)")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
 ) -> None:
-    """Find images by a text, an image file or an indexed asset ("more like this")."""
+    """Find images (or texts) by a text, an image file or an indexed asset ("more like this").
+
+    Scores are calibrated relevance in 0..1; when nothing is relevant the answer is "no good match"."""
     if sum(x is not None for x in (text, image, asset)) != 1:
         _fail("give one of: a text query, --image PATH or --asset ID")
     filters = {"format": fmt, "tags": tag, "min_width": min_width, "min_height": min_height, "since": since,
@@ -357,18 +363,33 @@ def search(
     try:
         result = _engine().search(text=text, image=image, asset_id=asset, collection=collection, k=k,
                                   offset=offset, filters=filters, include_synthetic=include_synthetic,
-                                  collapse=not all_duplicates)
+                                  collapse=not all_duplicates, target="texts" if texts else "images", mode=mode,
+                                  min_relevance=min_relevance)
     except ValueError as e:
         _fail(str(e))
     if as_json:
         typer.echo(json.dumps(result))
         return
-    if not result["hits"]:
-        typer.echo("no match: the collection is empty or the filter excludes everything (see `omnibridge status`)")
+    for note in result["notes"]:
+        typer.secho(f"note: {note}", fg=typer.colors.YELLOW)
+    if result["no_match"] and not result["hits"]:
+        if result["best_score"] is None:
+            typer.echo("no match: nothing indexed matches the collection and filters (see `omnibridge status`)")
+        else:
+            typer.echo(f"no good match: the closest result scores {result['best_score']:.2f}, under the "
+                       f"{result['threshold']:.2f} of a likely match. Try other words, fewer filters, or "
+                       "--min-relevance 0 to see the closest anyway")
+    elif not result["hits"]:
+        typer.echo("no more hits at this --offset")
     for h in result["hits"]:
+        how = f"  [{h['matched']}]" if h.get("matched") != "visual" else ""
+        if texts:
+            typer.echo(f"{h['score']:.2f}  text #{h['id']} of #{h['asset_id']} ({h['kind']})  {h['content'][:100]!r}"
+                       f"  {h['path']}{how}")
+            continue
         caption = f"  {h['caption']}" if h.get("caption") else ""
         dups = f"  (+{h['duplicates']} near-duplicates)" if h.get("duplicates") else ""
-        typer.echo(f"{h['score']:.3f}  #{h['id']}  {h['path']}{caption}{dups}")
+        typer.echo(f"{h['score']:.2f}  #{h['id']}  {h['path']}{caption}{dups}{how}")
 
 
 def _engine():

@@ -1,7 +1,8 @@
 """The VectorStore on embedded Qdrant Edge (`qdrant-edge-py`): one shard folder per space under a root folder.
 
 Layout: ROOT/<space>/ is an Edge shard (edge_config.json, wal/, segments/) holding one dense vector named <space>,
-Dot distance, and a payload index for every field of INDEXED_FIELDS. Anything else in ROOT (the owner.lock and
+Dot distance, the sparse vector KEYWORDS with the IDF modifier (BM25; shards made before it existed are opened
+without it and have no keyword search), and a payload index for every field of INDEXED_FIELDS. Anything else in ROOT (the owner.lock and
 owner.json of engine.shared_store) is not a space.
 
 Durability: `EdgeShard.update` appends the operation to the shard's write-ahead log before it returns. The WAL is
@@ -29,14 +30,14 @@ from typing import Sequence
 
 import numpy as np
 from qdrant_edge import (
-    CountRequest, Distance, EdgeConfig, EdgeOptimizersConfig, EdgeShard, EdgeVectorParams, FieldCondition, Filter,
-    HasIdCondition, HnswIndexConfig, MatchAny, MatchValue, PayloadSchemaType, Point, Query, QueryRequest, RangeFloat,
-    SearchParams, UpdateOperation,
+    CountRequest, Distance, EdgeConfig, EdgeOptimizersConfig, EdgeShard, EdgeSparseVectorParams, EdgeVectorParams,
+    FieldCondition, Filter, HasIdCondition, HnswIndexConfig, MatchAny, MatchValue, Modifier, PayloadSchemaType, Point,
+    Query, QueryRequest, RangeFloat, SearchParams, SparseVector, UpdateOperation,
 )
 
 from .vectors import (
-    INDEXED_FIELDS, Condition, Hit, SpaceNotFound, check_ids, check_points, check_query, check_space, dim_mismatch,
-    in_order, parse_filter,
+    INDEXED_FIELDS, KEYWORDS, Condition, Hit, Sparse, SpaceNotFound, check_ids, check_keywords, check_points,
+    check_query, check_space, check_sparse_query, dim_mismatch, in_order, parse_filter,
 )
 
 CONFIG_FILE = "edge_config.json"  # written by Edge into every shard folder; its presence makes a folder a space
@@ -70,6 +71,7 @@ class EdgeStore:
         self.indexing_threshold_kb = indexing_threshold_kb
         self.hnsw_ef = hnsw_ef
         self._shards: dict[str, tuple[EdgeShard, int]] = {}  # space -> (open shard, dim)
+        self._keywords: dict[str, bool] = {}  # space -> whether its shard has the KEYWORDS sparse vector
         self._lock = threading.RLock()  # guards opening and closing shards
         self._closed = False
 
@@ -93,12 +95,15 @@ class EdgeStore:
         self._check_open()
         return sorted(p.name for p in self.root.iterdir() if (p / CONFIG_FILE).is_file())
 
-    def upsert(self, space: str, ids: Sequence[str], vectors: np.ndarray, payloads: Sequence[dict]) -> None:
+    def upsert(self, space: str, ids: Sequence[str], vectors: np.ndarray, payloads: Sequence[dict],
+               keywords: Sequence[Sparse | None] | None = None) -> None:
         shard, dim = self._shard(space)
         ids, vectors, payloads = check_points(ids, vectors, payloads, dim)
+        keywords = check_keywords(keywords, len(ids)) if self._has_keywords(space) else [None] * len(ids)
         for start in range(0, len(ids), UPSERT_BATCH):
             rows = slice(start, start + UPSERT_BATCH)
-            points = [Point(i, {space: v}, p) for i, v, p in zip(ids[rows], vectors[rows], payloads[rows])]
+            points = [Point(i, _vectors(space, v, kw), p)
+                      for i, v, kw, p in zip(ids[rows], vectors[rows], keywords[rows], payloads[rows])]
             shard.update(UpdateOperation.upsert_points(points))
         if ids:
             self._sync(shard)
@@ -127,6 +132,20 @@ class EdgeStore:
         request = QueryRequest(limit=int(k), offset=int(offset), query=Query.Nearest(vector, using=space),
                                filter=edge_filter(parse_filter(filter)), with_payload=True, with_vector=False,
                                params=SearchParams(exact=bool(exact), hnsw_ef=self.hnsw_ef))
+        return [Hit(str(p.id), float(p.score), dict(p.payload or {})) for p in shard.query(request)]
+
+    def keyword_search(self, space: str, query: Sparse, k: int = 10, filter: dict | None = None,
+                       offset: int = 0) -> list[Hit] | None:
+        shard, _ = self._shard(space)
+        query = check_sparse_query(query, k, offset)
+        if not self._has_keywords(space):
+            return None
+        if not query:
+            return []
+        request = QueryRequest(limit=int(k), offset=int(offset),
+                               query=Query.Nearest(SparseVector(list(query.indices), list(query.values)),
+                                                   using=KEYWORDS),
+                               filter=edge_filter(parse_filter(filter)), with_payload=True, with_vector=False)
         return [Hit(str(p.id), float(p.score), dict(p.payload or {})) for p in shard.query(request)]
 
     def count(self, space: str, filter: dict | None = None) -> int:
@@ -179,12 +198,23 @@ class EdgeStore:
 
     # -- shards ----------------------------------------------------------------------------------------------
 
-    def _config(self, space: str, dim: int) -> EdgeConfig:
+    def _config(self, space: str, dim: int, keywords: bool = True) -> EdgeConfig:
         return EdgeConfig(
             vectors={space: EdgeVectorParams(size=dim, distance=Distance.Dot)},
+            sparse_vectors={KEYWORDS: EdgeSparseVectorParams(modifier=Modifier.Idf)} if keywords else None,
             hnsw_config=HnswIndexConfig(m=HNSW_M, ef_construct=HNSW_EF_CONSTRUCT, full_scan_threshold=FULL_SCAN_KB),
             optimizers=EdgeOptimizersConfig(indexing_threshold=self.indexing_threshold_kb),
         )
+
+    def _has_keywords(self, space: str) -> bool:
+        """Whether the space's shard has the KEYWORDS sparse vector (shards made before it existed do not)."""
+        if space not in self._keywords:
+            path = self.root / space / CONFIG_FILE
+            try:
+                self._keywords[space] = KEYWORDS in (json.loads(path.read_text()).get("sparse_vectors") or {})
+            except (OSError, ValueError):
+                return False
+        return self._keywords[space]
 
     def _exists(self, space: str) -> bool:
         return (self.root / space / CONFIG_FILE).is_file()
@@ -220,7 +250,7 @@ class EdgeStore:
             dim = self._stored_dim(space)
             path = self.root / space
             try:
-                shard = EdgeShard.load(str(path), self._config(space, dim))
+                shard = EdgeShard.load(str(path), self._config(space, dim, self._has_keywords(space)))
             except Exception as e:
                 raise _open_error(e, space, path) from e
             self._shards[space] = (shard, dim)
@@ -251,6 +281,13 @@ def _open_error(e: Exception, space: str, path: Path) -> Exception:
                            "Qdrant Edge allows one owner per folder. Close the other one, or reach it through "
                            "engine.shared_store.SharedStore, which shares one owner between processes")
     return RuntimeError(f"cannot open the vector space {space!r} at {path}: {e}")
+
+
+def _vectors(space: str, vector: np.ndarray, keywords: Sparse | None) -> dict:
+    out: dict = {space: vector}
+    if keywords:
+        out[KEYWORDS] = SparseVector(list(keywords.indices), list(keywords.values))
+    return out
 
 
 # -- filters ---------------------------------------------------------------------------------------------------

@@ -12,19 +12,40 @@ The CLI uses it; the HTTP API and the UI are to use the same object. It knows no
 from __future__ import annotations
 
 import threading
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
 import numpy as np
 from sqlalchemy import func, select
 
-from .answer import DEFAULT_MIN_SCORE, Answer, Evidence, load_answerer, stream_answer
+from .answer import Answer, Evidence, load_answerer, stream_answer
 from .catalog import CatalogMixin
 from .db import Asset, Collection, GeneratedAsset, Text
 from .generate import GenerationParams, Generator
+from .keywords import coverage, file_words, keyword_text, query_terms
+from .relevance import KEYWORD_FULL, Calibration, load_calibration
 from .services import Services, get_services
+from .vectors import Sparse
 
 EVIDENCE_TEXT_KINDS = ("alt", "tags", "ocr", "filename", "document")
+TARGETS = ("images", "texts")
+MODES = ("hybrid", "vector", "keyword")
+MAX_POOL = 12_800  # candidates considered per side at most (deep pages of a huge collection stop there)
+
+
+@dataclass
+class Query:
+    vec: np.ndarray  # (dim,) float32, the query's vector
+    kind: str  # "text" or "image": which calibration applies
+    terms: Sparse | None  # the query's keyword terms; None: no keyword side (image query or vector mode)
+    mode: str
+
+
+def _fallback_words(payload: dict) -> str:
+    """Keyword text of a point written before payloads carried it: caption, tags, file name."""
+    return keyword_text([payload.get("caption"), " ".join(payload.get("tags") or []),
+                         file_words(payload.get("path") or "")])
 
 
 def store_filter(filters: dict) -> dict:
@@ -64,15 +85,23 @@ class Engine(CatalogMixin):
         self._lock = threading.Lock()
         self._encode = threading.Lock()  # one query encode at a time: torch already uses every core for one
         self._answerer = None
+        self._calibration: Calibration | None = None
         self._generator: Generator | None = None
 
     # -- find ------------------------------------------------------------------------------------------------
 
     def search(self, text: str | None = None, image: str | Path | None = None, asset_id: int | None = None,
                collection: str | None = None, k: int = 10, offset: int = 0, filters: dict | None = None,
-               include_synthetic: bool = False, collapse: bool = True) -> dict:
-        """Images nearest to a text, an image file or an indexed asset, best first: {"hits": [...], "no_match"}.
+               include_synthetic: bool = False, collapse: bool = True, target: str = "images",
+               mode: str = "hybrid", min_relevance: float | None = None) -> dict:
+        """What matches a text, an image file or an indexed asset, best first.
 
+        target: "images" (text->image, image->image, more like this) or "texts" (captions, OCR and text documents:
+        text->text, image->text). mode: "hybrid" fuses the aligned vectors with BM25 keyword matches over captions,
+        tags, OCR and file names (text queries; see engine.relevance), "vector" or "keyword" uses one side only.
+        Every hit's `score` is its calibrated relevance in [0, 1]; hits under `min_relevance` are left out (default:
+        the model's no-match threshold; 0 for more like this an asset), and `no_match` is true when nothing
+        reaches the threshold.
         filters (see `store_filter`): format, tags (any of), min_width, min_height, since, until (ISO dates of the
         file's mtime). collapse: near-duplicates come back as one hit (the best) with `duplicates` = the size of
         its group minus one. offset/k page through the (collapsed) hits."""
@@ -84,6 +113,16 @@ class Engine(CatalogMixin):
             raise ValueError(f"k must be an integer in 1..1000, got {k!r}")
         if not isinstance(offset, int) or offset < 0:
             raise ValueError(f"offset must be an integer >= 0, got {offset!r}")
+        if target not in TARGETS:
+            raise ValueError(f"target must be one of {', '.join(TARGETS)}, got {target!r}")
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
+        if min_relevance is not None and not (isinstance(min_relevance, (int, float)) and 0 <= min_relevance <= 1):
+            raise ValueError(f"min_relevance must be a number in 0..1, got {min_relevance!r}")
+        if text is not None and (not isinstance(text, str) or not text.strip()):
+            raise ValueError("the text query is empty; type what you are looking for")
+        if text is None and mode == "keyword":
+            raise ValueError("keyword mode needs a text query; search by image with mode 'vector' or 'hybrid'")
         flt = store_filter(filters or {})
         _, space, _ = self.svc.model_row()
         if asset_id is not None:  # more like this: the asset's image, encoded as a query
@@ -94,56 +133,129 @@ class Engine(CatalogMixin):
             with self._encode:
                 vec = self.svc.model.encode_images([info.image], role="query")[0]
         else:
-            if not text.strip():
-                raise ValueError("the text query is empty; type what you are looking for")
             with self._encode:
                 vec = self.svc.model.encode_texts([text], role="query")[0]
-        flt["kind"] = "image"
+        flt["kind"] = "image" if target == "images" else "text"
         if not include_synthetic:
             flt["synthetic"] = False
         if collection:
             flt["collection"] = collection
-        hits = self._ranked(space, np.asarray(vec, dtype=np.float32), flt, offset + k, asset_id, collapse)[offset:]
-        return {"hits": hits, "no_match": not hits}
+        query = Query(vec=np.asarray(vec, dtype=np.float32), kind="text" if text is not None else "image",
+                      terms=query_terms(text) if text is not None and mode != "vector" else None, mode=mode)
+        cal = self.calibration()
+        threshold = cal.threshold(query.kind)
+        # more like this browses: its nearest images come back whatever their score (no_match still says so)
+        floor = float(min_relevance) if min_relevance is not None else 0.0 if asset_id is not None else threshold
+        notes = []
+        if target == "texts" and query.kind == "text":
+            notes.append("text->text scores use the text->image calibration; read them as a ranking")
+        ranked, keywords_ok = self._ranked(space, query, cal, flt, offset + k, floor, asset_id, collapse)
+        if query.terms is not None and not keywords_ok:
+            notes.append("this vector space has no keyword index (made before keyword search existed): vector "
+                         "search only; re-index with a new OMNIBRIDGE_HOME or model to get hybrid search")
+        elif query.terms is not None and not query.terms:
+            notes.append("the query has only stop words, so no keyword matching")
+        best = ranked[0]["score"] if ranked else None
+        hits = [h for h in ranked if h["score"] >= floor][offset:offset + k]
+        if target == "images" and collapse:
+            self._count_duplicates(hits)
+        return {"hits": hits, "no_match": best is None or best < threshold, "best_score": best,
+                "threshold": round(threshold, 4), "mode": mode, "target": target,
+                "calibrated": cal.calibrated and not (target == "texts" and query.kind == "text"), "notes": notes}
 
-    def _ranked(self, space: str, vec: np.ndarray, flt: dict, n: int, exclude: int | None, collapse: bool) -> list:
-        """The first n hits, one per near-duplicate group when collapsing (pages through the store as needed)."""
-        by_group: dict[int, dict] = {}
-        hits: list[dict] = []
-        page, seen = max(2 * n, 20), 0
-        while len(hits) < n:
-            batch = self.svc.store.search(space, vec, k=page, filter=flt, offset=seen)
-            seen += len(batch)
-            for h in batch:
-                p = h.payload
-                if p.get("asset_id") == exclude:
-                    continue
-                group = p.get("near_dup_group") or p.get("asset_id")
-                if collapse and group in by_group:
-                    continue
-                hit = {"id": p.get("asset_id"), "score": round(float(h.score), 4), "path": p.get("path"),
-                       "caption": p.get("caption"), "format": p.get("format"), "collection": p.get("collection"),
-                       "width": p.get("width"), "height": p.get("height"), "tags": p.get("tags", []),
-                       "synthetic": bool(p.get("synthetic")), "near_dup_group": group, "duplicates": 0}
-                by_group[group] = hit
-                hits.append(hit)
-            if len(batch) < page:
-                break
-        hits = hits[:n]
-        if collapse and hits:
-            with self.svc.session() as db:
-                sizes = dict(db.execute(select(Asset.near_dup_group, func.count()).where(
-                    Asset.near_dup_group.in_([h["near_dup_group"] for h in hits]), Asset.status == "indexed")
-                    .group_by(Asset.near_dup_group)).all())
-            for h in hits:
-                h["duplicates"] = max(sizes.get(h["near_dup_group"], 1) - 1, 0)
+    def calibration(self) -> Calibration:
+        with self._lock:
+            if self._calibration is None:
+                self._calibration = load_calibration(self.svc.settings.model)
+            return self._calibration
+
+    def _ranked(self, space: str, q: Query, cal: Calibration, flt: dict, n: int, floor: float,
+                exclude: int | None, collapse: bool) -> tuple[list[dict], bool]:
+        """Hits ranked by relevance, one per near-duplicate group when collapsing. Candidates are the top `pool`
+        of the vector search and of the keyword search; the pool grows until n hits reach `floor` or the store
+        has no more. Returns (hits, whether the space has a keyword index)."""
+        pool = max(3 * n, 50)
+        while True:
+            dense = self.svc.store.search(space, q.vec, k=pool, filter=flt) if q.mode != "keyword" else []
+            sparse = (self.svc.store.keyword_search(space, q.terms, k=pool, filter=flt)
+                      if q.terms and q.mode != "vector" else [])
+            candidates = {h.id: (h.payload, float(h.score), None) for h in dense}
+            missing = []
+            for h in sparse or []:
+                if h.id in candidates:
+                    payload, sim, _ = candidates[h.id]
+                    candidates[h.id] = (payload, sim, float(h.score))
+                else:
+                    missing.append(h.id)
+                    candidates[h.id] = (h.payload, None, float(h.score))
+            if missing and q.mode != "keyword":  # keyword-only candidates: their similarity, exactly
+                for pid, _, v in self.svc.store.retrieve(space, missing, with_vectors=True):
+                    payload, _, bm25 = candidates[pid]
+                    candidates[pid] = (payload, float(v @ q.vec), bm25)
+            hits = self._scored(q, cal, candidates.values(), exclude, collapse)
+            dense_done = q.mode == "keyword" or len(dense) < pool
+            sparse_done = not q.terms or q.mode == "vector" or sparse is None or len(sparse) < pool
+            # the best relevance an item outside the pool could have: below the last vector hit's similarity,
+            # and with keyword coverage only if the keyword list was cut
+            unseen = cal.relevance(q.kind, dense[-1].score, 0.0 if sparse_done else 1.0) if dense else 0.0
+            enough = sum(h["score"] >= floor for h in hits) >= n
+            if enough or (sparse_done and (dense_done or unseen < floor)) or pool >= MAX_POOL:
+                return hits, sparse is not None
+            pool *= 4
+
+    def _scored(self, q: Query, cal: Calibration, candidates, exclude: int | None, collapse: bool) -> list[dict]:
+        hits, groups = [], set()
+        rows = []
+        for p, sim, bm25 in candidates:
+            if p.get("asset_id") == exclude:
+                continue
+            cov = coverage(q.terms, p.get("keywords") or p.get("content") or _fallback_words(p)) if q.terms else 0.0
+            if q.mode == "keyword":
+                score, p_visual = KEYWORD_FULL * cov, 0.0
+            else:
+                score, p_visual = cal.relevance(q.kind, sim, cov), float(cal.prob(q.kind, sim))
+            rows.append((score, sim if sim is not None else -1.0, bm25 or 0.0, p, sim, bm25, cov, p_visual))
+        rows.sort(key=lambda r: r[:3], reverse=True)
+        threshold = cal.threshold(q.kind)
+        for score, _, _, p, sim, bm25, cov, p_visual in rows:
+            matched = ("both" if p_visual >= threshold else "keyword") if cov > 0 else "visual"
+            base = {"score": round(score, 4), "similarity": None if sim is None else round(sim, 4),
+                    "keyword_score": None if bm25 is None else round(bm25, 4), "coverage": round(cov, 3),
+                    "matched": matched, "path": p.get("path"), "collection": p.get("collection"),
+                    "caption": p.get("caption"), "synthetic": bool(p.get("synthetic"))}
+            if p.get("kind") == "text":
+                hits.append({"id": p.get("text_id"), "asset_id": p.get("asset_id"), "kind": p.get("text_kind"),
+                             "content": p.get("content"), **base})
+                continue
+            group = p.get("near_dup_group") or p.get("asset_id")
+            if collapse and group in groups:
+                continue
+            groups.add(group)
+            hits.append({"id": p.get("asset_id"), **base, "format": p.get("format"), "width": p.get("width"),
+                         "height": p.get("height"), "tags": p.get("tags", []), "near_dup_group": group,
+                         "duplicates": 0})
         return hits
+
+    def _count_duplicates(self, hits: list[dict]) -> None:
+        """Set each hit's `duplicates`: how many other indexed images share its near-duplicate group."""
+        if not hits:
+            return
+        with self.svc.session() as db:
+            sizes = dict(db.execute(select(Asset.near_dup_group, func.count()).where(
+                Asset.near_dup_group.in_([h["near_dup_group"] for h in hits]), Asset.status == "indexed")
+                .group_by(Asset.near_dup_group)).all())
+        for h in hits:
+            h["duplicates"] = max(sizes.get(h["near_dup_group"], 1) - 1, 0)
 
     # -- explain ---------------------------------------------------------------------------------------------
 
-    def evidence(self, question: str, collection: str | None = None, k: int = 5) -> list[Evidence]:
-        """The k images most relevant to the question, with their texts from SQL."""
-        hits = self.search(text=question, collection=collection, k=k)["hits"]
+    def evidence(self, question: str, collection: str | None = None, k: int = 5,
+                 min_relevance: float | None = None) -> list[Evidence]:
+        """The k images most relevant to the question (none when the search finds no good match), with their
+        texts from SQL and, where the backbone has a classifier, its predicted labels."""
+        from ingest.media import load_image
+
+        hits = self.search(text=question, collection=collection, k=k, min_relevance=min_relevance)["hits"]
         ids = [h["id"] for h in hits]
         texts: dict[int, dict[str, str]] = {i: {} for i in ids}
         captions: dict[int, str] = {}
@@ -153,8 +265,19 @@ class Engine(CatalogMixin):
                     captions.setdefault(t.asset_id, t.content)
                 elif t.kind in EVIDENCE_TEXT_KINDS:
                     texts[t.asset_id][t.kind] = t.content
+        labels: list[list[str]] = [[] for _ in hits]
+        predict = getattr(self.svc.model.backbone, "predict_labels", None)
+        if predict is not None and hits:
+            s = self.svc.settings
+            try:
+                images = [load_image(h["path"], max_pixels=s.max_image_pixels, max_bytes=s.max_file_bytes).image
+                          for h in hits]
+                with self._encode:
+                    labels = [[name for name, _ in found] for found in predict(images)]
+            except (OSError, ValueError):  # a file gone since ingest: answer from its texts alone
+                pass
         return [Evidence(asset_id=h["id"], score=h["score"], caption=captions.get(h["id"]), texts=texts[h["id"]],
-                         image_path=h["path"]) for h in hits]
+                         labels=lab, image_path=h["path"]) for h, lab in zip(hits, labels)]
 
     def answerer(self):
         with self._lock:
@@ -163,17 +286,19 @@ class Engine(CatalogMixin):
             return self._answerer
 
     def stream_answer(self, question: str, collection: str | None = None, k: int = 5,
-                      min_score: float = DEFAULT_MIN_SCORE) -> Iterator[str | Answer]:
-        """Text pieces as the model writes them, then the final Answer (citations, abstention, evidence)."""
+                      min_relevance: float | None = None) -> Iterator[str | Answer]:
+        """Text pieces as the model writes them, then the final Answer (citations, abstention, evidence).
+        Evidence is what the search finds relevant (min_relevance: default the model's no-match threshold); with
+        none, the answer abstains without loading the language model."""
         if not isinstance(question, str) or not question.strip():
             raise ValueError("the question is empty; ask something about the collection")
-        evidence = self.evidence(question, collection, k)
-        answerer = self.answerer() if any(e.score >= min_score for e in evidence) else None
-        yield from stream_answer(answerer, question, evidence, min_score)
+        evidence = self.evidence(question, collection, k, min_relevance)
+        answerer = self.answerer() if evidence else None
+        yield from stream_answer(answerer, question, evidence, min_score=0.0)
 
     def answer(self, question: str, collection: str | None = None, k: int = 5,
-               min_score: float = DEFAULT_MIN_SCORE) -> Answer:
-        *_, final = self.stream_answer(question, collection, k, min_score)
+               min_relevance: float | None = None) -> Answer:
+        *_, final = self.stream_answer(question, collection, k, min_relevance)
         return final
 
     # -- make more like this ---------------------------------------------------------------------------------

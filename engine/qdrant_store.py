@@ -1,7 +1,7 @@
 """The VectorStore on a Qdrant server through `qdrant-client`: one collection per space, named "<prefix>-<space>".
 
-Each collection holds one dense vector named after the space, Dot distance, with a payload index for every field
-of INDEXED_FIELDS; the server builds its HNSW graph by itself, so `optimize` has nothing to do. `exact` goes to the
+Each collection holds one dense vector named after the space, Dot distance, and the sparse vector KEYWORDS with
+the IDF modifier (BM25), with a payload index for every field of INDEXED_FIELDS; the server builds its HNSW graph by itself, so `optimize` has nothing to do. `exact` goes to the
 server as SearchParams(exact=True).
 
 `url=":memory:"` runs qdrant-client's local mode in this process instead (`QdrantServerStore.on_disk(path)` the
@@ -20,8 +20,8 @@ from qdrant_client import QdrantClient, models
 from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedResponse
 
 from .vectors import (
-    INDEXED_FIELDS, Condition, Hit, SpaceNotFound, check_ids, check_points, check_query, check_space, dim_mismatch,
-    in_order, parse_filter,
+    INDEXED_FIELDS, KEYWORDS, Condition, Hit, Sparse, SpaceNotFound, check_ids, check_keywords, check_points,
+    check_query, check_space, check_sparse_query, dim_mismatch, in_order, parse_filter,
 )
 
 UPSERT_BATCH = 256  # points per request: a 1024-d batch is ~2 MB of JSON, far below the server's 32 MB limit
@@ -62,6 +62,7 @@ class QdrantServerStore:
         self.prefix = check_space(prefix)
         self.local = local  # qdrant-client local mode: no payload indexes, no search params
         self._dims: dict[str, int] = {}  # space -> dim of the collections seen so far
+        self._keyword_spaces: set[str] = set()  # spaces seen so far that have the KEYWORDS sparse vector
         self._call(self.client.get_collections)  # fail now, not at the first search
 
     # -- the protocol ----------------------------------------------------------------------------------------
@@ -74,7 +75,8 @@ class QdrantServerStore:
         if not self._call(self.client.collection_exists, name):
             try:
                 self._call(self.client.create_collection, name, vectors_config={
-                    space: models.VectorParams(size=int(dim), distance=models.Distance.DOT)})
+                    space: models.VectorParams(size=int(dim), distance=models.Distance.DOT)},
+                    sparse_vectors_config={KEYWORDS: models.SparseVectorParams(modifier=models.Modifier.IDF)})
             except UnexpectedResponse as e:
                 if e.status_code != 409:  # 409: another process created it just now; checked below
                     raise
@@ -88,12 +90,15 @@ class QdrantServerStore:
         names = [c.name for c in self._call(self.client.get_collections).collections]
         return sorted(n[len(start):] for n in names if n.startswith(start))
 
-    def upsert(self, space: str, ids: Sequence[str], vectors: np.ndarray, payloads: Sequence[dict]) -> None:
+    def upsert(self, space: str, ids: Sequence[str], vectors: np.ndarray, payloads: Sequence[dict],
+               keywords: Sequence[Sparse | None] | None = None) -> None:
         ids, vectors, payloads = check_points(ids, vectors, payloads, self._dim(space))
+        keywords = check_keywords(keywords, len(ids)) if space in self._keyword_spaces else [None] * len(ids)
         for start in range(0, len(ids), UPSERT_BATCH):
             rows = slice(start, start + UPSERT_BATCH)
-            batch = models.Batch(ids=ids[rows], vectors={space: vectors[rows].tolist()}, payloads=payloads[rows])
-            self._call(self.client.upsert, self.collection(space), batch, wait=True)
+            points = [models.PointStruct(id=i, vector=_vectors(space, v, kw), payload=p)
+                      for i, v, kw, p in zip(ids[rows], vectors[rows], keywords[rows], payloads[rows])]
+            self._call(self.client.upsert, self.collection(space), points, wait=True)
 
     def delete(self, space: str, ids: Sequence[str]) -> None:
         self._dim(space)
@@ -118,6 +123,20 @@ class QdrantServerStore:
         response = self._call(self.client.query_points, self.collection(space), query=vector.tolist(), using=space,
                               query_filter=qdrant_filter(parse_filter(filter)), search_params=params,
                               limit=int(k), offset=int(offset), with_payload=True, with_vectors=False)
+        return [Hit(str(p.id), float(p.score), dict(p.payload or {})) for p in response.points]
+
+    def keyword_search(self, space: str, query: Sparse, k: int = 10, filter: dict | None = None,
+                       offset: int = 0) -> list[Hit] | None:
+        self._dim(space)
+        query = check_sparse_query(query, k, offset)
+        if space not in self._keyword_spaces:
+            return None
+        if not query:
+            return []
+        response = self._call(self.client.query_points, self.collection(space),
+                              query=models.SparseVector(indices=list(query.indices), values=list(query.values)),
+                              using=KEYWORDS, query_filter=qdrant_filter(parse_filter(filter)), limit=int(k),
+                              offset=int(offset), with_payload=True, with_vectors=False)
         return [Hit(str(p.id), float(p.score), dict(p.payload or {})) for p in response.points]
 
     def count(self, space: str, filter: dict | None = None) -> int:
@@ -156,7 +175,10 @@ class QdrantServerStore:
                 held = ", ".join(self.spaces()) or "none"
                 raise SpaceNotFound(f"no space {space!r} (collection {name!r}) at {self.url} (it holds: {held}); "
                                     f"create it with ensure_space({space!r}, dim)")
-            vectors = self._call(self.client.get_collection, name).config.params.vectors
+            params = self._call(self.client.get_collection, name).config.params
+            vectors = params.vectors
+            if KEYWORDS in (params.sparse_vectors or {}):
+                self._keyword_spaces.add(space)
             if not isinstance(vectors, dict) or space not in vectors:
                 raise RuntimeError(f"collection {name!r} at {self.url} has no vector named {space!r}, so it was not "
                                    "made by this store; delete or rename it, or change OMNIBRIDGE_QDRANT_PREFIX")
@@ -186,6 +208,13 @@ class QdrantServerStore:
                 raise QdrantUnavailable(f"the Qdrant server at {self.url} refused the request ({e.status_code}): "
                                         "set OMNIBRIDGE_QDRANT_API_KEY to its API key") from e
             raise
+
+
+def _vectors(space: str, vector: np.ndarray, keywords: Sparse | None) -> dict:
+    out: dict = {space: vector.tolist()}
+    if keywords:
+        out[KEYWORDS] = models.SparseVector(indices=list(keywords.indices), values=list(keywords.values))
+    return out
 
 
 # -- filters ---------------------------------------------------------------------------------------------------

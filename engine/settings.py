@@ -44,6 +44,7 @@ class Settings(BaseSettings):
     batch_size: int = Field(default=32, ge=1, le=4096, description="images embedded per batch")
     max_image_pixels: int = Field(default=100_000_000, ge=1, description="larger images are rejected (bomb guard)")
     max_file_mb: float = Field(default=200.0, gt=0, description="larger files are rejected")
+    max_request_mb: float = Field(default=1024.0, gt=0, description="larger API request bodies are refused (413)")
 
     @field_validator("device")
     @classmethod

@@ -29,7 +29,8 @@ from filelock import FileLock, Timeout
 
 log = logging.getLogger(__name__)
 
-METHODS = ("ensure_space", "spaces", "upsert", "delete", "set_payload", "search", "count", "retrieve", "optimize")
+METHODS = ("ensure_space", "spaces", "upsert", "delete", "set_payload", "search", "keyword_search", "count",
+           "retrieve", "optimize")
 CONNECT_TIMEOUT = 60.0  # seconds to find an owner (or become one) before giving up
 CALL_RETRIES = 3
 
@@ -73,6 +74,9 @@ class SharedStore:
 
     def search(self, *a, **kw):
         return self._call("search", a, kw)
+
+    def keyword_search(self, *a, **kw):
+        return self._call("keyword_search", a, kw)
 
     def count(self, *a, **kw):
         return self._call("count", a, kw)

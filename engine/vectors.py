@@ -5,6 +5,11 @@ collection (server) or shard directory (Edge) with one dense named vector of tha
 are built so that the dot product is the blended similarity; see omnibridge.retrieval), and the same point ids and
 payloads in every space. A new model is indexed into a new space beside the old one; switching is a settings change.
 
+Each space also holds a sparse vector named KEYWORDS: the BM25 term weights of a point's words (captions, tags,
+OCR text, file name; see engine.keywords), scored with the store's IDF modifier, so `keyword_search` ranks points by
+BM25 under the same filters as `search`. A space created before keywords existed has none (`keyword_search` then
+returns None) and keeps working for vector search.
+
 Point ids are UUID strings (see `point_id`). Payload fields with an index: collection, kind ('image'|'text'),
 format, tags (list), synthetic (bool), mtime (float, unix seconds), width, height, bytes (ints), asset_id (int).
 Filters are plain dicts: {"collection": "x", "tags": ["a", "b"] (any of), "synthetic": False,
@@ -26,6 +31,7 @@ INDEXED_FIELDS = {
     "collection": "keyword", "kind": "keyword", "format": "keyword", "tags": "keyword", "synthetic": "bool",
     "mtime": "float", "width": "integer", "height": "integer", "bytes": "integer", "asset_id": "integer",
 }
+KEYWORDS = "keywords"  # the sparse (BM25) vector of every space
 _NAMESPACE = uuid.UUID("6f1b7a52-3c1e-4f0e-9a65-0b1d5e7c2a10")
 
 
@@ -39,6 +45,18 @@ class Hit:
     id: str
     score: float
     payload: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Sparse:
+    """A sparse vector: term ids (sorted, unique) and their weights (BM25 term weights for documents, 1s for
+    queries). Plain lists, so it pickles across engine.shared_store."""
+
+    indices: tuple[int, ...]
+    values: tuple[float, ...]
+
+    def __bool__(self) -> bool:
+        return bool(self.indices)
 
 
 class SpaceNotFound(ValueError):
@@ -56,8 +74,10 @@ class VectorStore(Protocol):
     def spaces(self) -> list[str]:
         """The spaces that exist, sorted."""
 
-    def upsert(self, space: str, ids: Sequence[str], vectors: np.ndarray, payloads: Sequence[dict]) -> None:
-        """vectors (N, dim) float32. Re-upserting an id replaces its vector and payload."""
+    def upsert(self, space: str, ids: Sequence[str], vectors: np.ndarray, payloads: Sequence[dict],
+               keywords: Sequence[Sparse | None] | None = None) -> None:
+        """vectors (N, dim) float32; keywords: one Sparse (or None: no words) per point, or None for none at all.
+        Re-upserting an id replaces its vectors and payload."""
 
     def delete(self, space: str, ids: Sequence[str]) -> None:
         """Remove the points; ids that are not there are ignored."""
@@ -69,6 +89,11 @@ class VectorStore(Protocol):
                offset: int = 0, exact: bool = False) -> list[Hit]:
         """The k best points after skipping `offset`, best first by dot product; `filter` as in the module doc.
         `exact=True` scans every vector instead of walking the HNSW graph (the ground truth for recall)."""
+
+    def keyword_search(self, space: str, query: Sparse, k: int = 10, filter: dict | None = None,
+                       offset: int = 0) -> list[Hit] | None:
+        """The k points with the highest BM25 score for the query's terms (only points sharing a term), best
+        first; None when the space has no keyword index (made before keywords existed)."""
 
     def count(self, space: str, filter: dict | None = None) -> int:
         """Exact number of points matching the filter (all points without one)."""
@@ -197,6 +222,29 @@ def check_points(ids: Sequence[str], vectors: np.ndarray, payloads: Sequence[dic
     if not np.isfinite(vectors).all():
         raise ValueError("upsert vectors contain NaN or inf; check the encoder output")
     return ids, vectors, [dict(p) for p in payloads]
+
+
+def check_keywords(keywords: Sequence[Sparse | None] | None, n: int) -> list[Sparse | None]:
+    """One Sparse or None per point (all None when `keywords` is None); anything else raises ValueError."""
+    if keywords is None:
+        return [None] * n
+    keywords = list(keywords)
+    if len(keywords) != n:
+        raise ValueError(f"upsert got {n} points but {len(keywords)} keyword vectors; give one (or None) per point")
+    for kw in keywords:
+        if kw is not None and (not isinstance(kw, Sparse) or len(kw.indices) != len(kw.values)):
+            raise ValueError(f"a keyword vector must be an engine.vectors.Sparse with as many values as indices, "
+                             f"got {kw!r}; make them with engine.keywords.document_terms")
+    return [kw if kw else None for kw in keywords]
+
+
+def check_sparse_query(query: Sparse, k: int, offset: int) -> Sparse:
+    if not isinstance(query, Sparse) or len(query.indices) != len(query.values):
+        raise ValueError(f"a keyword query must be an engine.vectors.Sparse, got {query!r}; "
+                         "make it with engine.keywords.query_terms")
+    if not (isinstance(k, numbers.Integral) and k >= 1 and isinstance(offset, numbers.Integral) and offset >= 0):
+        raise ValueError(f"search needs k >= 1 and offset >= 0 (got k={k!r}, offset={offset!r})")
+    return query
 
 
 def check_query(vector: np.ndarray, dim: int, k: int, offset: int) -> np.ndarray:

@@ -18,6 +18,7 @@ import numpy as np
 from sqlalchemy import delete, func, select, update
 
 from engine.db import Asset, Collection, Job, Model, Text, Vector, utcnow
+from engine.keywords import document_terms, keyword_text
 from engine.services import Services
 from engine.vectors import point_id
 
@@ -275,12 +276,18 @@ def embed(svc: Services, job_id: int, asset_ids: list[int]) -> dict[str, int]:
         ok_ids = {a.id for a in assets} - {a.id for a, _ in failed}
         texts = [t for t in texts if t.asset_id in ok_ids]
         by_id = {a.id: a for a in assets}
-        ids, vecs, payloads, rows = [], [], [], []
+        words: dict[int, list[str]] = {}  # asset id -> every text about it, for keyword search
+        for t in db.scalars(select(Text).where(Text.asset_id.in_(ok_ids)).order_by(Text.id)):
+            words.setdefault(t.asset_id, []).append(t.content)
+        ids, vecs, payloads, terms, rows = [], [], [], [], []
         if images:
             v = svc.model.encode_images(images, role="document", batch_size=s.batch_size)  # (n, dim)
             for a, vec in zip(image_assets, v):
                 pid = point_id("image", a.id)
-                ids.append(pid), vecs.append(vec), payloads.append(_payload(a, collection, "image", texts))
+                p = _payload(a, collection, "image", texts)
+                p["keywords"] = keyword_text(words.get(a.id, []))[:MAX_TEXT_PAYLOAD]
+                ids.append(pid), vecs.append(vec), payloads.append(p)
+                terms.append(document_terms(keyword_text(words.get(a.id, []))))
                 rows.append(Vector(model_id=model_id, asset_id=a.id, point_id=pid, kind="image"))
         if texts:
             v = svc.model.encode_texts([t.content for t in texts], role="document")
@@ -288,10 +295,10 @@ def embed(svc: Services, job_id: int, asset_ids: list[int]) -> dict[str, int]:
                 pid = point_id("text", t.id)
                 p = _payload(by_id[t.asset_id], collection, "text", [t])
                 p.update(text_id=t.id, text_kind=t.kind, content=t.content[:MAX_TEXT_PAYLOAD])
-                ids.append(pid), vecs.append(vec), payloads.append(p)
+                ids.append(pid), vecs.append(vec), payloads.append(p), terms.append(document_terms(t.content))
                 rows.append(Vector(model_id=model_id, asset_id=t.asset_id, text_id=t.id, point_id=pid, kind="text"))
         if ids:
-            svc.store.upsert(space, ids, np.stack(vecs).astype(np.float32), payloads)
+            svc.store.upsert(space, ids, np.stack(vecs).astype(np.float32), payloads, terms)
         old = set(db.scalars(select(Vector.point_id).where(Vector.model_id == model_id,
                                                            Vector.asset_id.in_([a.id for a in assets]))))
         if old - set(ids):  # points of texts that are gone (e.g. OCR that found nothing this time)

@@ -209,6 +209,59 @@ def test_retrieve_with_and_without_vectors(filled):
     assert store.retrieve(SPACE, []) == []
 
 
+KEYWORD_DOCS = ["a tabby cat asleep on a mat", "a dog running in the park", "two cats and a dog", "coffee cup",
+                 "a red flower", "", "cat cat cat cat cat"]
+
+
+def test_keyword_search_scores_bm25_with_idf_under_filters(store):
+    from engine.keywords import document_terms, query_terms
+
+    ids, vectors, payloads = make_points(len(KEYWORD_DOCS), 8)
+    store.ensure_space(SPACE, 8)
+    store.upsert(SPACE, ids, vectors, payloads, [document_terms(d) for d in KEYWORD_DOCS])
+    hits = store.keyword_search(SPACE, query_terms("cats"), k=10)
+    assert {h.payload["asset_id"] for h in hits} == {0, 2, 6}  # "cats" and "cat" are one term; nothing else matches
+    assert hits == sorted(hits, key=lambda h: -h.score)
+    both = store.keyword_search(SPACE, query_terms("dog park"), k=10)
+    assert both[0].payload["asset_id"] == 1  # two terms, and "park" is the rarer one
+    dogs = store.keyword_search(SPACE, query_terms("dog"), k=10, filter={"collection": "b"})
+    assert [h.payload["asset_id"] for h in dogs] == [2]  # asset 1 has a dog too, in collection "a"
+    assert store.keyword_search(SPACE, query_terms("the a of"), k=10) == []  # only stop words
+    assert store.keyword_search(SPACE, query_terms("giraffe"), k=10) == []
+    assert len(store.keyword_search(SPACE, query_terms("cat"), k=1, offset=1)) == 1
+
+
+def test_keyword_input_is_checked(store):
+    from engine.vectors import Sparse
+
+    ids, vectors, payloads = make_points(2, 8)
+    store.ensure_space(SPACE, 8)
+    with pytest.raises(ValueError, match="one \\(or None\\) per point"):
+        store.upsert(SPACE, ids, vectors, payloads, [None])
+    with pytest.raises(ValueError, match="engine.keywords.document_terms"):
+        store.upsert(SPACE, ids, vectors, payloads, [Sparse((1, 2), (1.0,)), None])
+    with pytest.raises(ValueError, match="engine.keywords.query_terms"):
+        store.keyword_search(SPACE, "cat")
+
+
+def test_edge_space_made_before_keywords_still_searches(tmp_path):
+    """A shard created without the keyword vector opens (no 'incompatible config'), takes upserts and answers
+    vector searches; keyword_search says it has no index (None)."""
+    from qdrant_edge import Distance, EdgeConfig, EdgeShard, EdgeVectorParams
+
+    from engine.keywords import document_terms, query_terms
+
+    old = EdgeShard.create(str(tmp_path / "q" / SPACE), EdgeConfig(vectors={SPACE: EdgeVectorParams(size=8, distance=Distance.Dot)}))
+    old.close()
+    store = EdgeStore(tmp_path / "q")
+    ids, vectors, payloads = make_points(3, 8)
+    store.ensure_space(SPACE, 8)
+    store.upsert(SPACE, ids, vectors, payloads, [document_terms("a cat")] * 3)
+    assert len(store.search(SPACE, vectors[0], k=3)) == 3
+    assert store.keyword_search(SPACE, query_terms("cat")) is None
+    store.close()
+
+
 def test_two_models_two_spaces_same_ids(store):
     ids, small, payloads = make_points(20, 8, seed=1)
     _, large, _ = make_points(20, 12, seed=2)

@@ -3,7 +3,7 @@
     uvicorn engine.api.main:create_app --factory --port 8000
 
 Errors: a bad value -> 400 (malformed bodies -> 422), an unknown id -> 404, a missing/unknown key -> 401, a missing
-scope -> 403, an oversized upload -> 413, no generator or an unreachable store/database -> 503.
+scope -> 403, an oversized upload or request body -> 413, no generator or an unreachable store/database -> 503.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from engine.shared_store import StoreUnavailable
 
 from . import answer, assets, collections, generate, health, jobs, search
 from .background import IngestRunner
+from .limits import RequestSizeLimit
 
 
 def _status(code: int):
@@ -50,4 +51,5 @@ def create_app(services: Services | None = None) -> FastAPI:
         app.add_exception_handler(unavailable, _status(503))
     for module in (health, search, answer, generate, assets, collections, jobs):
         app.include_router(module.router)
+    app.add_middleware(RequestSizeLimit, max_bytes=int(engine.svc.settings.max_request_mb * 2**20))
     return app

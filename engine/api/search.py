@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import tempfile
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 from fastapi import APIRouter, File, Form, HTTPException, UploadFile
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -19,14 +19,44 @@ CollectionFilter = Annotated[str | None, Field(
     min_length=1, max_length=200, description="only this collection; omitted = every collection (needs a '*' key)")]
 
 
-class SearchRequest(BaseModel):
+class Filters(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    text: str | None = Field(None, min_length=1, max_length=2000, description="what to look for")
-    asset_id: int | None = Field(None, ge=1, le=MAX_ID, description="more like this indexed image")
+    format: list[Annotated[str, Field(min_length=1, max_length=16)]] | None = Field(
+        None, max_length=20, description="only these formats (JPEG, PNG, ...)")
+    tags: list[Annotated[str, Field(min_length=1, max_length=200)]] | None = Field(
+        None, max_length=50, description="only images with any of these tags")
+    min_width: int | None = Field(None, ge=0, le=1_000_000)
+    min_height: int | None = Field(None, ge=0, le=1_000_000)
+    since: str | None = Field(None, max_length=32, description="files modified on or after (ISO date)")
+    until: str | None = Field(None, max_length=32, description="files modified up to (ISO date, inclusive)")
+
+
+class SearchOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
     collection: CollectionFilter = None
     k: int = Field(10, ge=1, le=1000, description="number of hits")
+    offset: int = Field(0, ge=0, le=100_000, description="skip this many hits (paging)")
+    filters: Filters | None = None
     include_synthetic: bool = Field(False, description="also generated images")
+    collapse: bool = Field(True, description="near-duplicates as one hit with a count")
+    target: Literal["images", "texts"] = Field("images", description="find images, or captions/OCR/documents")
+    mode: Literal["hybrid", "vector", "keyword"] = Field(
+        "hybrid", description="hybrid: aligned vectors fused with keyword (BM25) matches; or one side only")
+    min_relevance: float | None = Field(
+        None, ge=0, le=1, description="return hits down to this score; default: the no-match threshold")
+
+    def engine_kwargs(self) -> dict:
+        return {"collection": self.collection, "k": self.k, "offset": self.offset,
+                "filters": self.filters.model_dump() if self.filters else None,
+                "include_synthetic": self.include_synthetic, "collapse": self.collapse, "target": self.target,
+                "mode": self.mode, "min_relevance": self.min_relevance}
+
+
+class SearchRequest(SearchOptions):
+    text: str | None = Field(None, min_length=1, max_length=2000, description="what to look for")
+    asset_id: int | None = Field(None, ge=1, le=MAX_ID, description="more like this indexed image")
 
     @model_validator(mode="after")
     def _one_query(self) -> "SearchRequest":
@@ -36,19 +66,36 @@ class SearchRequest(BaseModel):
 
 
 class Hit(BaseModel):
-    id: int | None
-    score: float
-    path: str | None
-    caption: str | None
-    format: str | None
-    collection: str | None
-    synthetic: bool
-    near_dup_group: int | None
+    id: int | None = Field(description="asset id (images) or text id (texts)")
+    score: float = Field(description="calibrated relevance in 0..1")
+    similarity: float | None = Field(None, description="raw similarity of the vectors")
+    keyword_score: float | None = Field(None, description="BM25 score of the keyword match, if any")
+    coverage: float = Field(0.0, description="share of the query's terms in the hit's texts")
+    matched: str = Field("visual", description="visual, keyword or both")
+    path: str | None = None
+    caption: str | None = None
+    collection: str | None = None
+    synthetic: bool = False
+    format: str | None = None
+    width: int | None = None
+    height: int | None = None
+    tags: list[str] = []
+    near_dup_group: int | None = None
+    duplicates: int = 0
+    asset_id: int | None = Field(None, description="texts: the asset the text belongs to")
+    kind: str | None = Field(None, description="texts: caption, alt, ocr or document")
+    content: str | None = Field(None, description="texts: the text")
 
 
 class SearchResult(BaseModel):
     hits: list[Hit]
-    no_match: bool
+    no_match: bool = Field(description="true when nothing reaches the threshold of a likely match")
+    best_score: float | None = Field(description="the best relevance found, returned or not")
+    threshold: float
+    mode: str
+    target: str
+    calibrated: bool
+    notes: list[str]
 
 
 @router.post("", response_model=SearchResult)
@@ -60,8 +107,7 @@ def search(body: SearchRequest, engine: EngineDep, principal: PrincipalDep) -> d
         principal.require(coll.name, READ)
         if asset.media != "image":
             raise HTTPException(400, f"asset_id: asset {body.asset_id} is a text document, not an image")
-    return engine.search(text=body.text, asset_id=body.asset_id, collection=body.collection, k=body.k,
-                         include_synthetic=body.include_synthetic)
+    return engine.search(text=body.text, asset_id=body.asset_id, **body.engine_kwargs())
 
 
 @router.post("/image", response_model=SearchResult)
@@ -71,10 +117,14 @@ def search_image(
     principal: PrincipalDep,
     collection: Annotated[str | None, Form(min_length=1, max_length=200)] = None,
     k: Annotated[int, Form(ge=1, le=1000)] = 10,
+    offset: Annotated[int, Form(ge=0, le=100_000)] = 0,
     include_synthetic: Annotated[bool, Form()] = False,
+    target: Annotated[Literal["images", "texts"], Form()] = "images",
+    min_relevance: Annotated[float | None, Form(ge=0, le=1)] = None,
 ) -> dict:
-    """Images nearest to an uploaded image (kept only for the request)."""
+    """Images (or texts) nearest to an uploaded image (kept only for the request)."""
     principal.require(collection, READ)
     with tempfile.TemporaryDirectory(prefix="omnibridge-query-") as tmp:
         path = save_upload(file, Path(tmp), engine.svc.settings)
-        return engine.search(image=path, collection=collection, k=k, include_synthetic=include_synthetic)
+        return engine.search(image=path, collection=collection, k=k, offset=offset,
+                             include_synthetic=include_synthetic, target=target, min_relevance=min_relevance)

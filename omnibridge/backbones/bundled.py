@@ -115,6 +115,18 @@ class BundledBackbone(Backbone):
         mask = torch.ones(states.shape[:2], dtype=torch.bool, device=self.device)
         return Features(states, mask, self.bridge(logits, grey))
 
+    @torch.no_grad()
+    def predict_labels(self, images: Sequence[Image.Image], k: int = 3, min_prob: float = 0.1
+                       ) -> list[list[tuple[str, float]]]:
+        """The ImageNet classes the classifier sees in each image: up to k (first lemma, probability) pairs with
+        probability >= min_prob, most likely first."""
+        pixels, _ = self.preprocess(images)
+        probs = self.cnn._fc(self.cnn.extract_features(pixels).mean((2, 3))).softmax(-1)  # b c
+        top, idx = probs.topk(k, dim=-1)  # b k
+        names = imagenet_class_names()
+        return [[(names[i][0], round(float(p), 3)) for p, i in zip(ps, ix) if p >= min_prob]
+                for ps, ix in zip(top.tolist(), idx.tolist())]
+
     def bridge(self, logits: torch.Tensor, grey: torch.Tensor) -> torch.Tensor:
         """b c classifier logits, b bool -> b s unit vectors: the top-k classes' name embeddings weighted by
         probability, plus `colour_weight` times the colour mode's embedding."""

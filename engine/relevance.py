@@ -1,0 +1,81 @@
+"""Readable scores: raw similarity -> the probability that a hit is relevant, and "no good match".
+
+A model's raw similarities are not comparable across models or query kinds (the bundled model blends a zero-shot
+space and an aligned one; see omnibridge.retrieval). So each model carries a calibration fitted on held-out real
+data by `bench/calibrate.py` (the recipe, the data and the measured quality are in bench/RESULTS.md):
+
+    p_visual = sigmoid(a * similarity + b)           # per query kind: "text" or "image"
+
+Hybrid search adds keyword evidence: `coverage` = the share of the query's terms (after stop words and stemming)
+found in a hit's captions, tags, OCR text or file name. It is not calibrated (no labelled keyword data exists
+offline); a hit that has every query term counts as KEYWORD_FULL relevant, partial matches proportionally less:
+
+    p_keyword = KEYWORD_FULL * coverage
+    relevance = 1 - (1 - p_visual) * (1 - p_keyword)  # noisy-OR: either kind of evidence can make a hit relevant
+
+Hits are ranked by relevance (ties by similarity). A search has "no good match" when no hit reaches the model's
+threshold (chosen on the calibration data to separate queries whose answer is in the collection from queries
+whose answer is not); the hits below it are not returned unless asked for.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+CALIBRATION_DIR = Path(__file__).resolve().parent / "calibration"
+KEYWORD_FULL = 0.9  # relevance of a hit whose texts hold every query term
+KINDS = ("text", "image")
+
+
+def calibration_path(model: str) -> Path:
+    """Where a model's calibration lives: engine/calibration/<name>.json for the built-in models, else
+    calibration.json in the checkpoint folder."""
+    if model in ("default", "bridge"):
+        return CALIBRATION_DIR / f"{model}.json"
+    return Path(model) / "calibration.json"
+
+
+@dataclass
+class Calibration:
+    params: dict[str, dict[str, float]]  # kind -> {"a", "b"}
+    thresholds: dict[str, float] = field(default_factory=dict)  # kind -> no-match cut on the relevance
+    calibrated: bool = True  # False: borrowed from the default model (see `load_calibration`)
+
+    def prob(self, kind: str, similarity) -> np.ndarray:
+        """p_visual of raw similarities (array or scalar) for a query kind."""
+        p = self.params[kind]
+        z = p["a"] * np.asarray(similarity, dtype=np.float64) + p["b"]
+        return 1.0 / (1.0 + np.exp(-z))
+
+    def threshold(self, kind: str) -> float:
+        return self.thresholds.get(kind, 0.5)
+
+    def relevance(self, kind: str, similarity: float, coverage: float = 0.0) -> float:
+        """The hit's readable score in [0, 1]: visual and keyword evidence fused by noisy-OR."""
+        p_visual = float(self.prob(kind, similarity))
+        p_keyword = KEYWORD_FULL * min(max(coverage, 0.0), 1.0)
+        return 1.0 - (1.0 - p_visual) * (1.0 - p_keyword)
+
+
+def load_calibration(model: str) -> Calibration:
+    """The model's calibration; a model without one borrows the default model's and says so (calibrated=False)."""
+    path = calibration_path(model)
+    calibrated = path.is_file()
+    if not calibrated:
+        log.warning("model %r has no relevance calibration (%s): scores use the default model's; fit one with "
+                    "`python bench/calibrate.py DATA --model %s --write`", model, path, model)
+        path = calibration_path("default")
+    try:
+        fit = json.loads(path.read_text())["fit"]
+        return Calibration({k: {"a": float(fit[k]["a"]), "b": float(fit[k]["b"])} for k in KINDS},
+                           {k: float(fit[k]["threshold"]) for k in KINDS}, calibrated)
+    except (OSError, KeyError, TypeError, ValueError) as e:
+        raise ValueError(f"the relevance calibration {path} is unreadable ({e!r}); fit it again with "
+                         f"`python bench/calibrate.py DATA --model {model} --write`") from None
