@@ -122,7 +122,7 @@ if colls is not None:
             elif not hits and offset:
                 st.info("No more results: this is past the last page.")
             hit_grid(hits[:size], key="hit", on_more=more_like)
-            if hits or offset:
+            if offset or len(hits) > size:
                 pager(offset, size, has_next=len(hits) > size)
     else:
         st.caption("Type a description and press Enter, or upload an example image. Every hit offers "
