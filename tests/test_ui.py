@@ -79,6 +79,10 @@ def test_search_by_text_shows_the_expected_photo_first(local):
     shown = texts(at)
     assert "Results for “a cup of coffee”" in shown and "Coffee cup." in shown and "score " in shown
     assert len(at.image) == len(at.session_state["last_hits"]) >= 1  # one thumbnail per hit
+    at.radio(key="f_mode").set_value("keyword").run()  # words only: the caption "Coffee cup."
+    assert hit_names(at)[0] == "coffee.png" and "keyword match" in texts(at)
+    at.text_input(key="q").input("qqzx wvut").run()
+    assert at.session_state["last_hits"] == [] and "No good match for “qqzx wvut”" in texts(at)
 
 
 def test_more_like_this_pages_and_filters(local, svc):
@@ -267,6 +271,12 @@ def test_http_client_offers_what_the_local_client_does(http, svc, photos):  # no
     by_http = http.search(asset_id=cat, collection="samples", k=4, offset=2)  # more like this, page 2
     by_local = local.search(asset_id=cat, collection="samples", k=4, offset=2)
     assert [h["id"] for h in by_http["hits"]] == [h["id"] for h in by_local["hits"]] and len(by_http["hits"]) == 4
+    for kw in ({"filters": {"format": ["JPEG"]}}, {"filters": {"format": ["PNG"]}, "mode": "keyword"},
+               {"collapse": False, "mode": "vector"}):
+        by_http = http.search(text="a cat", collection="samples", k=5, **kw)
+        by_local = local.search(text="a cat", collection="samples", k=5, **kw)
+        assert [h["id"] for h in by_http["hits"]] == [h["id"] for h in by_local["hits"]], kw
+        assert by_http["no_match"] == by_local["no_match"]
     data = (photos.parent / "images" / "coffee.png").read_bytes()
     assert Path(http.search(image=("q.png", data), collection="samples", k=3)["hits"][0]["path"]).name == "coffee.png"
     assert http.thumbnail(by_http["hits"][0]["id"], 64)[:2] == b"\xff\xd8"

@@ -85,9 +85,11 @@ class LocalClient:
 
     def search(self, text: str | None = None, image: tuple[str, bytes] | None = None, asset_id: int | None = None,
                collection: str | None = None, k: int = 12, offset: int = 0, filters: dict | None = None,
-               include_synthetic: bool = False, collapse: bool = True) -> dict:
+               include_synthetic: bool = False, collapse: bool = True, mode: str = "hybrid") -> dict:
         kw = dict(collection=collection, k=k, offset=offset, filters=filters or None,
                   include_synthetic=include_synthetic, collapse=collapse)
+        if text is not None:
+            kw["mode"] = mode  # how a text matches: meaning and words, or one of them
         with self._errors():
             if image is None:
                 return self.engine.search(text=text, asset_id=asset_id, **kw)
@@ -174,30 +176,20 @@ class HttpClient:
 
     def search(self, text: str | None = None, image: tuple[str, bytes] | None = None, asset_id: int | None = None,
                collection: str | None = None, k: int = 12, offset: int = 0, filters: dict | None = None,
-               include_synthetic: bool = False, collapse: bool = True) -> dict:
-        """Paging asks for offset + k hits and keeps the last k (the API's k is at most 1000)."""
+               include_synthetic: bool = False, collapse: bool = True, mode: str = "hybrid") -> dict:
         filters = {key: v for key, v in (filters or {}).items() if v not in (None, [], "")}
-        if offset + k > 1000:
-            raise ClientError("the API returns at most 1000 hits; narrow the search with filters")
         if image is not None:
             if filters or not collapse:
-                raise NotOverApi("filters and 'show near-duplicates' are not available over the API for image "
+                raise NotOverApi("filters and 'show every near-duplicate' are not available over the API for image "
                                  "searches yet; clear them or search by text")
-            form = {"k": str(offset + k), "include_synthetic": str(include_synthetic).lower()}
+            form = {"k": str(k), "offset": str(offset), "include_synthetic": str(include_synthetic).lower()}
             if collection:
                 form["collection"] = collection
-            result = self._request("POST", "/search/image", files={"file": image}, data=form).json()
-        else:
-            body: dict = {"text": text, "asset_id": asset_id, "collection": collection, "k": offset + k,
-                          "include_synthetic": include_synthetic}
-            if filters:
-                body["filters"] = filters  # sent only when used: an API without them says so (422)
-            if not collapse:
-                body["collapse"] = False
-            result = self._request("POST", "/search", json={key: v for key, v in body.items() if v is not None})
-            result = result.json()
-        result["hits"] = result["hits"][offset:]
-        return result
+            return self._request("POST", "/search/image", files={"file": image}, data=form).json()
+        body = {"text": text, "asset_id": asset_id, "collection": collection, "k": k, "offset": offset,
+                "filters": filters or None, "include_synthetic": include_synthetic, "collapse": collapse,
+                "mode": mode}
+        return self._request("POST", "/search", json={key: v for key, v in body.items() if v is not None}).json()
 
     def stream_answer(self, question: str, collection: str | None = None, k: int = 5) -> Iterator[str | dict]:
         body = {"question": question, "k": k} | ({"collection": collection} if collection else {})

@@ -25,7 +25,10 @@ def more_like(asset_id: int) -> None:
     st.rerun()
 
 
-def filters_form() -> tuple[dict, bool, bool]:
+MODES = {"hybrid": "Meaning and words", "vector": "Meaning only", "keyword": "Words only"}
+
+
+def filters_form() -> tuple[dict, bool, bool, str]:
     with st.expander("Filters"):
         a, b, c = st.columns(3)
         formats = a.multiselect("Format", FORMATS, key="f_format")
@@ -36,10 +39,12 @@ def filters_form() -> tuple[dict, bool, bool]:
         until = c.date_input("Modified until", value=None, key="f_until")
         synthetic = st.checkbox("Include generated images", key="f_synthetic")
         all_dups = st.checkbox("Show every near-duplicate (not only the best of each group)", key="f_all_dups")
+        mode = st.radio("A text matches by", list(MODES), format_func=MODES.get, horizontal=True, key="f_mode",
+                        help="meaning: what the model sees in the image; words: captions, tags, OCR, file names")
     filters = {"format": formats, "tags": [t.strip() for t in tags.split(",") if t.strip()],
                "min_width": int(min_w) or None, "min_height": int(min_h) or None,
                "since": since.isoformat() if since else None, "until": until.isoformat() if until else None}
-    return {k: v for k, v in filters.items() if v}, synthetic, not all_dups
+    return {k: v for k, v in filters.items() if v}, synthetic, not all_dups, mode
 
 
 def describe(query: dict) -> None:
@@ -96,12 +101,12 @@ if colls is not None:
         if upload is not None and st.button("Search by this image", key="image_button"):
             set_query(image=(upload.name, upload.getvalue()))
     collection = collection_picker(colls, key="collection")
-    filters, synthetic, collapse = filters_form()
+    filters, synthetic, collapse, mode = filters_form()
     size = st.select_slider("Hits per page", [8, 12, 20, 40], value=12, key="page_size")
 
     query = S.get("query")
     if query:
-        signature = (repr(query)[:200], collection, repr(filters), synthetic, collapse, size)
+        signature = (repr(query)[:200], collection, repr(filters), synthetic, collapse, size, mode)
         if S.get("signature") != signature:
             S["signature"], S["offset"] = signature, 0
         offset = S.get("offset", 0)
@@ -109,12 +114,15 @@ if colls is not None:
         try:
             with st.spinner("Searching..."):
                 result = client().search(**query, collection=collection, k=size + 1, offset=offset,
-                                         filters=filters, include_synthetic=synthetic, collapse=collapse)
+                                         filters=filters, include_synthetic=synthetic, collapse=collapse,
+                                         mode=mode)
         except ClientError as e:
             st.error(f"The search failed: {e}")
         else:
             hits = result["hits"]
             S["last_hits"] = hits[:size]
+            for note in result.get("notes") or []:
+                st.caption(note)
             if result.get("no_match"):
                 no_match(query, bool(filters))
                 if hits:
