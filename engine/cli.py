@@ -175,7 +175,8 @@ def demo(
                f"R@5 {metrics['t2i']['r5']:.2f}")
     for q in query or ["a cat", "a cup of coffee", "an astronaut in a space suit", "coins"]:
         hits = Engine(svc).search(text=q, collection="samples", k=3)["hits"]
-        typer.echo(f"{q!r:>34} -> " + ", ".join(f"{Path(h['path']).name} ({h['score']:.2f})" for h in hits))
+        typer.echo(f"{q!r:>34} -> " + (", ".join(f"{Path(h['path']).name} ({h['score']:.2f})" for h in hits)
+                                        or "no good match"))
     typer.echo("search it yourself: omnibridge search \"a red flower\" --collection samples")
     if not no_serve:
         _serve_demo(svc)
@@ -495,13 +496,15 @@ def keys_revoke(name: Annotated[str, typer.Argument(help="the key's name")]) -> 
 
 @app.command()
 def serve(
-    host: Annotated[str, typer.Option("--host", help="address to listen on")] = "127.0.0.1",
-    port: Annotated[int, typer.Option("--port", min=1, max=65535)] = 8000,
+    host: Annotated[Optional[str], typer.Option("--host", help="address to listen on [default: OMNIBRIDGE_API_HOST]")] = None,
+    port: Annotated[Optional[int], typer.Option("--port", min=1, max=65535, help="[default: OMNIBRIDGE_API_PORT]")] = None,
 ) -> None:
     """Run the HTTP API (OpenAPI at /docs); every call but /health needs a key from `omnibridge keys create`."""
     import uvicorn
 
-    uvicorn.run("engine.api.main:create_app", factory=True, host=host, port=port, log_level="info")
+    settings = get_settings()
+    uvicorn.run("engine.api.main:create_app", factory=True, host=host or settings.api_host,
+                port=port or settings.api_port, log_level="info")
 
 
 @app.command("worker")

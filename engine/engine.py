@@ -100,8 +100,8 @@ class Engine(CatalogMixin):
         text->text, image->text). mode: "hybrid" fuses the aligned vectors with BM25 keyword matches over captions,
         tags, OCR and file names (text queries; see engine.relevance), "vector" or "keyword" uses one side only.
         Every hit's `score` is its calibrated relevance in [0, 1]; hits under `min_relevance` are left out (default:
-        the model's no-match threshold; 0 for more like this an asset), and `no_match` is true when nothing
-        reaches the threshold.
+        the model's no-match threshold for a text query, 0 for an image or asset query, which lists its nearest
+        images), and `no_match` is true when nothing reaches the threshold.
         filters (see `store_filter`): format, tags (any of), min_width, min_height, since, until (ISO dates of the
         file's mtime). collapse: near-duplicates come back as one hit (the best) with `duplicates` = the size of
         its group minus one. offset/k page through the (collapsed) hits."""
@@ -144,8 +144,9 @@ class Engine(CatalogMixin):
                       terms=query_terms(text) if text is not None and mode != "vector" else None, mode=mode)
         cal = self.calibration()
         threshold = cal.threshold(query.kind)
-        # more like this browses: its nearest images come back whatever their score (no_match still says so)
-        floor = float(min_relevance) if min_relevance is not None else 0.0 if asset_id is not None else threshold
+        # an image query browses its neighbourhood: the nearest come back whatever their score (no_match still
+        # says whether any is a likely match); a text query can ask for something absent, so only likely matches
+        floor = float(min_relevance) if min_relevance is not None else 0.0 if text is None else threshold
         notes = []
         if target == "texts" and query.kind == "text":
             notes.append("text->text scores use the text->image calibration; read them as a ranking")

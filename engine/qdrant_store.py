@@ -41,7 +41,11 @@ class QdrantServerStore:
     The constructor checks the connection, so a wrong URL fails at once with QdrantUnavailable.
     """
 
-    def __init__(self, url: str, api_key: str | None = None, prefix: str = "omnibridge"):
+    def __init__(self, url: str, api_key: str | None = None, prefix: str = "omnibridge",
+                 shards: int | None = None, replicas: int | None = None):
+        """shards / replicas: shard_number and replication_factor of the collections this store creates (a
+        Qdrant cluster spreads shards over its nodes and keeps `replicas` copies of each); None = server default."""
+        self.shards, self.replicas = shards, replicas
         if url == ":memory:":
             client, local = QdrantClient(":memory:"), True
         else:
@@ -53,6 +57,7 @@ class QdrantServerStore:
     def on_disk(cls, path: Path, prefix: str = "omnibridge") -> QdrantServerStore:
         """qdrant-client's local mode on a folder (one process at a time; exact search only): for benchmarks."""
         store = cls.__new__(cls)
+        store.shards = store.replicas = None
         store._setup(QdrantClient(path=str(path)), str(path), prefix, local=True)
         return store
 
@@ -76,7 +81,8 @@ class QdrantServerStore:
             try:
                 self._call(self.client.create_collection, name, vectors_config={
                     space: models.VectorParams(size=int(dim), distance=models.Distance.DOT)},
-                    sparse_vectors_config={KEYWORDS: models.SparseVectorParams(modifier=models.Modifier.IDF)})
+                    sparse_vectors_config={KEYWORDS: models.SparseVectorParams(modifier=models.Modifier.IDF)},
+                    shard_number=self.shards, replication_factor=self.replicas)
             except UnexpectedResponse as e:
                 if e.status_code != 409:  # 409: another process created it just now; checked below
                     raise

@@ -129,7 +129,8 @@ def open_store(s: Settings):
             if s.qdrant_url:
                 from .qdrant_store import QdrantServerStore
 
-                _stores[key] = QdrantServerStore(s.qdrant_url, api_key=s.qdrant_api_key, prefix=s.qdrant_prefix)
+                _stores[key] = QdrantServerStore(s.qdrant_url, api_key=s.qdrant_api_key, prefix=s.qdrant_prefix,
+                                                 shards=s.qdrant_shards, replicas=s.qdrant_replicas)
             else:
                 from .edge_store import EdgeStore, ShardLocked
                 from .shared_store import SharedStore

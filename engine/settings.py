@@ -33,6 +33,10 @@ class Settings(BaseSettings):
     qdrant_url: str | None = Field(default=None, description="Qdrant server URL; empty = embedded Qdrant Edge")
     qdrant_api_key: str | None = Field(default=None, description="API key of the Qdrant server")
     qdrant_prefix: str = Field(default="omnibridge", description="prefix of the Qdrant collections")
+    qdrant_shards: int | None = Field(default=None, ge=1, le=1024,
+                                      description="shards of each new Qdrant server collection; empty = server default")
+    qdrant_replicas: int | None = Field(default=None, ge=1, le=64,
+                                        description="copies of each shard on a Qdrant cluster; empty = server default")
     answerer: str = Field(default="smollm2", description="'smollm2' (offline) or 'qwen2-vl:MODEL[@LORA]' for answers")
     generator: str | None = Field(default=None, description="diffusers checkpoint (folder or hub id) for generate-similar")
     api_url: str | None = Field(default=None, description="the UI calls this API (http://HOST:8000); empty = in-process engine")

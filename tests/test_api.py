@@ -270,3 +270,48 @@ def test_keys_from_the_cli_open_the_api(api):
     gone = subprocess.run([*cli, "revoke", "cli-made"], env=env, cwd=root, capture_output=True, text=True, timeout=120)
     assert gone.returncode == 0 and "revoked 1" in gone.stdout
     assert api.client.post("/search", json=body, headers=headers).status_code == 401
+
+
+# -- hybrid search and request limits --------------------------------------------------------------------------
+
+def test_search_options_reach_the_engine(api):
+    r = api.client.post("/search", json={"text": "Pompeii", "collection": "photos", "mode": "keyword"},
+                        headers=api.h("photos_read"))
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert [Path(h["path"]).stem for h in body["hits"]] == ["coins"] and body["mode"] == "keyword"
+    assert body["hits"][0]["matched"] == "keyword" and 0 <= body["hits"][0]["score"] <= 1
+    r = api.client.post("/search", json={"text": "a giraffe eating leaves", "collection": "photos"},
+                        headers=api.h("photos_read"))
+    assert r.json()["no_match"] is True and r.json()["hits"] == [] and r.json()["best_score"] < r.json()["threshold"]
+    r = api.client.post("/search", json={"text": "coffee cup", "collection": "photos", "target": "texts"},
+                        headers=api.h("photos_read"))
+    assert r.json()["hits"][0]["content"] == "Coffee cup." and r.json()["hits"][0]["asset_id"]
+    r = api.client.post("/search", json={"text": "a photo", "collection": "photos", "min_relevance": 0, "k": 4,
+                                         "offset": 2, "filters": {"format": ["png"], "min_width": 100}},
+                        headers=api.h("photos_read"))
+    assert r.status_code == 200 and len(r.json()["hits"]) == 4
+    r = api.client.post("/search", json={"text": "x", "filters": {"colour": "red"}}, headers=api.h("admin"))
+    assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["body", "filters", "colour"]
+    r = api.client.post("/search", json={"text": "x", "mode": "fuzzy"}, headers=api.h("admin"))
+    assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["body", "mode"]
+
+
+def test_request_bodies_over_the_cap_are_refused_before_parsing(api):
+    small = Services(api.svc.settings.model_copy(update={"max_request_mb": 0.01}))  # 10 KiB
+    small._model = api.svc._model
+    coffee = png(api.photos / "coffee.png")
+    with TestClient(create_app(small)) as client:
+        r = client.post("/collections/uploads/upload", files={"files": ("big.png", coffee, "image/png")},
+                        headers=api.h("uploads_write"))
+        assert r.status_code == 413 and "OMNIBRIDGE_MAX_REQUEST_MB" in r.json()["detail"]
+
+        def chunks():  # no Content-Length: counted as it arrives
+            for _ in range(20):
+                yield b"x" * 1024
+
+        r = client.post("/search", content=chunks(), headers={**api.h("admin"), "Content-Type": "application/json"})
+        assert r.status_code == 413
+        r = client.post("/search", json={"text": "coffee", "collection": "photos"}, headers=api.h("admin"))
+        assert r.status_code == 200  # small requests pass
+    assert not (small.settings.media_dir / "uploads" / "uploads" / "big.png").exists()

@@ -122,7 +122,7 @@ def test_second_run_adds_nothing_and_changes_are_tracked(tmp_path, photos, model
         copy = db.scalar(select(Asset).where(Asset.uri.endswith("coffee-copy.png")))
         assert copy.status == "indexed"
     hits = Engine(svc).search(image=photos.parent / "images" / "moon.png", k=1)["hits"]
-    assert hits[0]["path"].endswith("rocket.png") and hits[0]["score"] > 0.95
+    assert hits[0]["path"].endswith("rocket.png") and hits[0]["similarity"] > 0.95
 
 
 def test_pairs_captions_attach_and_search_finds_them(tmp_path, photos, model):

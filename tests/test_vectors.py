@@ -462,3 +462,20 @@ def test_edge_spaces_are_the_shard_folders(tmp_path):
         store.ensure_space("a-space", 4)
         assert store.spaces() == ["a-space", "b-space"]
         assert store.stats("a-space") == {"points": 0, "indexed_vectors": 0, "segments": 1}
+
+
+def test_server_collections_get_the_configured_shards_and_replicas(monkeypatch):
+    """OMNIBRIDGE_QDRANT_SHARDS / _REPLICAS reach create_collection (local mode ignores them, so record the call)."""
+    store = QdrantServerStore(":memory:", shards=6, replicas=2)
+    seen = {}
+    create = store.client.create_collection
+
+    def recording(*args, **kwargs):
+        seen.update(kwargs)
+        return create(*args, **kwargs)
+
+    monkeypatch.setattr(store.client, "create_collection", recording)
+    store.ensure_space(SPACE, 8)
+    assert seen["shard_number"] == 6 and seen["replication_factor"] == 2
+    assert "keywords" in seen["sparse_vectors_config"]
+    store.close()

@@ -27,19 +27,24 @@ class RequestSizeLimit:
         if declared is not None and (not declared.isdigit() or int(declared) > self.max_bytes):
             return await self._refuse(send, declared.decode(errors="replace"))
         seen = 0
-        started = False
+        started = refused = False
 
         async def counted_receive():
-            nonlocal seen
+            nonlocal seen, refused
             message = await receive()
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
                 if seen > self.max_bytes:
+                    if not started and not refused:  # answer now: the app may turn our exception into a 400
+                        refused = True
+                        await self._refuse(send, f"more than {self.max_bytes}")
                     raise BodyTooLarge()
             return message
 
         async def tracked_send(message):
             nonlocal started
+            if refused:  # the 413 went out; whatever the app says after it is dropped
+                return
             if message["type"] == "http.response.start":
                 started = True
             await send(message)
@@ -47,8 +52,8 @@ class RequestSizeLimit:
         try:
             await self.app(scope, counted_receive, tracked_send)
         except BodyTooLarge:
-            if not started:
-                await self._refuse(send, f"more than {self.max_bytes}")
+            if not refused:
+                raise
 
     async def _refuse(self, send, size: str) -> None:
         mb = self.max_bytes / 2**20
