@@ -55,6 +55,7 @@ def ui_command(host: str, port: int) -> list[str]:
 
 def check_port_free(host: str, port: int, variable: str) -> None:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the servers do: a closed port's TIME_WAIT is fine
         try:
             s.bind((host, port))
         except OSError:

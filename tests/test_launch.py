@@ -69,7 +69,7 @@ def test_a_child_that_cannot_start_is_reported_with_its_log(tmp_path):
 def test_demo_indexes_the_sample_then_serves_until_sigterm(tmp_path):
     api_port, ui_port = free_port(), free_port()
     env = dict(os.environ, OMNIBRIDGE_HOME=str(tmp_path / "home"), OMNIBRIDGE_API_PORT=str(api_port),
-               OMNIBRIDGE_UI_PORT=str(ui_port), HF_HUB_OFFLINE="1")
+               OMNIBRIDGE_UI_PORT=str(ui_port), HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1")
     env.pop("OMNIBRIDGE_API_URL", None)
     quick = subprocess.run(OMNIBRIDGE + ["demo", "--no-serve"], env=env, cwd=ROOT, capture_output=True, text=True,
                            timeout=300)
@@ -84,7 +84,7 @@ def test_demo_indexes_the_sample_then_serves_until_sigterm(tmp_path):
         deadline = time.monotonic() + 300
         while not any("curl " in line for line in lines) and time.monotonic() < deadline:
             line = demo.stdout.readline()
-            assert line, "the demo exited early:\n" + "".join(lines)
+            assert line, f"the demo exited early (code {demo.wait()}):\n" + "".join(lines)
             lines.append(line)
         out = "".join(lines)
         assert "0 photos indexed, 21 unchanged" in out  # the second run reuses the index

@@ -11,11 +11,11 @@ from PIL import Image
 from ui import client as clients
 
 PAGES = {  # page file (relative to ui/app.py) -> title; app.py builds the navigation from this
-    "search": ("pages/search.py", "Search", ":material/search:"),
-    "answer": ("pages/answer.py", "Answer", ":material/forum:"),
-    "generate": ("pages/generate.py", "Generate similar", ":material/auto_awesome:"),
-    "collections": ("pages/collections.py", "Collections", ":material/photo_library:"),
-    "explore": ("pages/explore.py", "Explore", ":material/scatter_plot:"),
+    "search": ("views/search.py", "Search", ":material/search:"),
+    "answer": ("views/answer.py", "Answer", ":material/forum:"),
+    "generate": ("views/generate.py", "Generate similar", ":material/auto_awesome:"),
+    "collections": ("views/collections.py", "Collections", ":material/photo_library:"),
+    "explore": ("views/explore.py", "Explore", ":material/scatter_plot:"),
 }
 ALL = "All collections"
 

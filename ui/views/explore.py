@@ -25,7 +25,8 @@ def chart(points: list[dict], icon: int) -> alt.Chart:
     data = [p | {"near-duplicates": groups[p["near_dup_group"]] > 1, "group": f"group #{p['near_dup_group']}"}
             for p in points]
     base = alt.Chart(alt.Data(values=data)).encode(
-        x=alt.X("x:Q", title="PCA axis 1"), y=alt.Y("y:Q", title="PCA axis 2"),
+        x=alt.X("x:Q", title="PCA axis 1", scale=alt.Scale(padding=icon)),  # room for the edge thumbnails
+        y=alt.Y("y:Q", title="PCA axis 2", scale=alt.Scale(padding=icon)),
         tooltip=[alt.Tooltip("caption:N", title="caption"), alt.Tooltip("id:Q", title="asset"),
                  alt.Tooltip("group:N", title="near-duplicate group"), alt.Tooltip("path:N", title="file")])
     rings = base.mark_circle(size=icon * icon * 1.6, opacity=0.35).encode(

@@ -39,11 +39,12 @@ def show_evidence(final: dict) -> None:
         return
     cited = set(final.get("citations") or [])
     st.markdown("**Evidence**")
+    cols = st.columns(2)
     for n, e in enumerate(evidence, 1):
-        with st.container(border=True):
-            data = thumb(e["asset_id"], 192)
+        with cols[(n - 1) % 2].container(border=True):
+            data = thumb(e["asset_id"], 192, square=True)
             if data:
-                st.image(data, width=160)
+                st.image(data, width="stretch")
             mark = "cited" if e["asset_id"] in cited else "retrieved, not cited"
             name = Path(e.get("image_path") or "").name
             st.caption(f"[{n}] {e.get('caption') or name} · #{e['asset_id']} · relevance {e['score']:.2f} · {mark}")
