@@ -315,3 +315,27 @@ def test_request_bodies_over_the_cap_are_refused_before_parsing(api):
         r = client.post("/search", json={"text": "coffee", "collection": "photos"}, headers=api.h("admin"))
         assert r.status_code == 200  # small requests pass
     assert not (small.settings.media_dir / "uploads" / "uploads" / "big.png").exists()
+
+
+def test_collections_are_created_and_mapped_over_the_api(api):
+    r = api.client.post("/collections/empty-one", headers=api.h("admin"))
+    assert r.status_code == 201 and r.json()["name"] == "empty-one"
+    assert api.client.post("/collections/empty-one", headers=api.h("photos_read")).status_code == 403
+    r = api.client.get("/collections/photos/map?limit=10", headers=api.h("photos_read"))
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert len(body["points"]) == 10 and body["total"] == 21 and body["capped"] is True
+    assert body["points"][0]["thumbnail"].startswith("data:image/jpeg;base64,")
+    assert api.client.get("/collections/nope/map", headers=api.h("admin")).status_code == 404
+    assert api.client.get("/collections/photos/map", headers=api.h("other_read")).status_code == 403
+
+
+def test_search_by_upload_takes_filters(api):
+    horse = png(api.photos / "horse.png")
+    r = api.client.post("/search/image", files={"file": ("q.png", horse, "image/png")},
+                        data={"collection": "photos", "filters": json.dumps({"format": ["JPEG"]})},
+                        headers=api.h("photos_read"))
+    assert r.status_code == 200 and r.json()["hits"] == []  # every photo is a PNG
+    r = api.client.post("/search/image", files={"file": ("q.png", horse, "image/png")},
+                        data={"collection": "photos", "filters": '{"colour": "red"}'}, headers=api.h("photos_read"))
+    assert r.status_code == 422 and "colour" in r.json()["detail"]

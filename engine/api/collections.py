@@ -1,4 +1,5 @@
-"""GET /collections; POST /collections/{name}/ingest (server folders) and /collections/{name}/upload (files).
+"""GET /collections; POST /collections/{name} (create); GET /collections/{name}/map (2-D embedding map);
+POST /collections/{name}/ingest (server folders) and /collections/{name}/upload (files).
 
 Folder ingest reads server paths: absolute, without '..', inside the data directory or the collection's root,
 unless the key has write access to every collection ("*"). Uploads are stored under
@@ -9,14 +10,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated
 
-from fastapi import APIRouter, File, Form, HTTPException, Request, UploadFile
+from fastapi import APIRouter, File, Form, HTTPException, Query, Request, UploadFile
 from pydantic import BaseModel, ConfigDict, Field
 
 from engine.services import Services
 from ingest import pipeline
 
-from .auth import ALL, WRITE, Principal, PrincipalDep
-from .deps import CollectionName, ServicesDep, find_collection
+from .auth import ALL, READ, WRITE, Principal, PrincipalDep
+from .deps import CollectionName, EngineDep, ServicesDep, find_collection
 from .uploads import save_upload
 
 router = APIRouter(prefix="/collections", tags=["collections"])
@@ -39,6 +40,24 @@ def collections(svc: ServicesDep, principal: PrincipalDep) -> dict:
     report = pipeline.status_report(svc, jobs=0, errors=0)
     readable = set(principal.readable(report["known"]))
     return {"collections": [c for c in report["collections"] if c["name"] in readable]}
+
+
+@router.post("/{name}", status_code=201)
+def create(name: CollectionName, engine: EngineDep, principal: PrincipalDep) -> dict:
+    """Create an empty collection (its root is its upload folder); an existing one is returned as it is."""
+    principal.require(name, WRITE)
+    return engine.create_collection(name)
+
+
+@router.get("/{name}/map")
+def embedding_map(name: CollectionName, engine: EngineDep, principal: PrincipalDep,
+                  limit: Annotated[int, Query(ge=1, le=5000, description="points drawn at most")] = 2000,
+                  include_synthetic: Annotated[bool, Query(description="also generated images")] = False) -> dict:
+    """A 2-D PCA map of the collection's image vectors with small thumbnails (JPEG data URLs)."""
+    principal.require(name, READ)
+    if find_collection(engine.svc, name) is None:
+        raise HTTPException(404, f"no collection named {name!r}; list them with GET /collections")
+    return engine.embedding_map(name, limit=limit, include_synthetic=include_synthetic)
 
 
 @router.post("/{name}/ingest", status_code=202)

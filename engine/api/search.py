@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, File, Form, HTTPException, UploadFile
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from .auth import READ, PrincipalDep
 from .deps import MAX_ID, EngineDep, load_asset
@@ -118,13 +118,22 @@ def search_image(
     collection: Annotated[str | None, Form(min_length=1, max_length=200)] = None,
     k: Annotated[int, Form(ge=1, le=1000)] = 10,
     offset: Annotated[int, Form(ge=0, le=100_000)] = 0,
+    filters: Annotated[str | None, Form(max_length=4000, description='JSON, as in POST /search: {"format": ["PNG"]}')] = None,
     include_synthetic: Annotated[bool, Form()] = False,
+    collapse: Annotated[bool, Form()] = True,
     target: Annotated[Literal["images", "texts"], Form()] = "images",
     min_relevance: Annotated[float | None, Form(ge=0, le=1)] = None,
 ) -> dict:
     """Images (or texts) nearest to an uploaded image (kept only for the request)."""
     principal.require(collection, READ)
+    try:
+        parsed = Filters.model_validate_json(filters) if filters else None
+    except ValidationError as e:
+        first = e.errors()[0]
+        where = ".".join(str(x) for x in first["loc"]) or "filters"
+        raise HTTPException(422, f"filters: {where}: {first['msg']}") from None
     with tempfile.TemporaryDirectory(prefix="omnibridge-query-") as tmp:
         path = save_upload(file, Path(tmp), engine.svc.settings)
         return engine.search(image=path, collection=collection, k=k, offset=offset,
-                             include_synthetic=include_synthetic, target=target, min_relevance=min_relevance)
+                             filters=parsed.model_dump() if parsed else None, include_synthetic=include_synthetic,
+                             collapse=collapse, target=target, min_relevance=min_relevance)
