@@ -4,22 +4,34 @@
 
 What runs: `Engine.search(text=..., collection="photos", k=10)` as the CLI, API and UI call it, on the embedded
 default (SQLite + Qdrant Edge through Services / SharedStore, the default model, CPU), one fresh temporary
-OMNIBRIDGE_HOME per size. Stages of each query, timed inside the same call by wrapping the Services' model and store
+OMNIBRIDGE_HOME per size. Engine.search is hybrid (the default mode) at the default
+no-match threshold. Stages of each query, timed inside the same call by wrapping the Services' model and store
 instances (no product code is changed):
   encode    model.encode_texts([text], role="query")
-  vector    store.search(space, vec, k=20, filter={kind, synthetic, collection}): the page Engine asks the store for
-  metadata  the rest of Engine.search: argument checks, filter building, hit dicts, the collapse SQL count of the
-            near-duplicate groups (measured as total - encode - vector)
+  vector    store.search(space, vec, k=pool, filter={kind, synthetic, collection}): the vector candidates
+  keyword   store.keyword_search(space, terms, k=pool, filter=...): the BM25 candidates
+  retrieve  store.retrieve(space, ids, with_vectors=True): the vectors of keyword-only candidates (their similarity)
+  rest      the rest of Engine.search: argument checks, query terms, keyword coverage and relevance of every
+            candidate, hit dicts, the collapse SQL count of the near-duplicate groups (total - the stages above)
+Engine asks for pool = max(3 k, 50) candidates per side and grows it 4x while fewer than k hits reach the
+threshold and unseen items could still reach it; "store calls" counts the rounds.
 In the same run, per size, the store search alone (same query vectors, k, filter) against numpy exact search over
 the same vectors (matrix @ q + argpartition + sort of the top k; no payloads, no filter: every point matches it),
 alternated query by query so machine drift hits both alike; overlap@10 of the two top tens is a sanity check.
+Also per size, Engine.search with the query vectors served from a dict (no encode), hybrid against vector mode,
+alternated query by query: what the keyword side costs, measured against its own baseline in the same run (the
+encode stage swings by hundreds of ms on a shared 2-core machine and would drown the difference).
 
 The library is registered, not ingested (embedding 100k images would take hours on CPU): N `assets` rows with
 status 'indexed', near_dup_group = id (no near-duplicates: each hit costs one group in the collapse count) are
 inserted in bulk, and N points with payloads shaped like ingest.pipeline._payload go into the model's space with
-`store.upsert` (the product's own write path, fsync per 1024-point batch). No `optimize()` is run: the product never
-calls it, so searches are exact scans, which is what is measured. SQL `texts`/`vectors` rows are not written:
-Engine.search does not read them.
+`store.upsert` (the product's own write path, fsync per 1024-point batch), each with its keyword sparse vector
+(engine.keywords.document_terms of keyword_text([caption, file name words]), as ingest writes them). Synthetic
+captions: the caption of the point's source photo (its docstring summary, e.g. "Coffee cup.") plus 3 words drawn
+at random from the 411 distinct words of the 21 loaders' full docstrings, so that keyword postings are long for
+the photo words (1/21 of the points) and spread for the rest; the file name adds the photo name and a number.
+No `optimize()` is run: the product never calls it, so searches are exact scans, which is what is measured.
+SQL `texts`/`vectors` rows are not written: Engine.search does not read them.
 
 The vectors are real-ish: the 21 scikit-image sample photos embedded with model.encode_images(role="document"),
 and each point one of them perturbed with Gaussian noise inside the model's own vector layout. A document vector is
@@ -64,14 +76,38 @@ QUERIES = [
 
 
 def photo_images() -> list:
+    """(name, image, caption) of the sample photos, by name."""
     from PIL import Image
 
     from engine.samples import write_photo_sample
 
     folder = ROOT / "bench" / "out" / "photos"
     pairs = write_photo_sample(folder)
-    return sorted(((p.stem, Image.open(p).convert("RGB")) for p in (pairs.parent / "images").glob("*.png")),
+    rows = [json.loads(line) for line in pairs.read_text().splitlines()]
+    return sorted(((r["id"], Image.open(pairs.parent / r["image"]).convert("RGB"), r["caption"]) for r in rows),
                   key=lambda t: t[0])
+
+
+def vocabulary() -> list[str]:
+    """Distinct words (3+ letters) of the full docstrings of the sample's skimage.data loaders."""
+    import inspect
+    import re
+
+    import skimage.data
+
+    from engine.samples import PHOTO_LOADERS
+
+    words = set()
+    for name in PHOTO_LOADERS:
+        words |= {w.lower() for w in re.findall(r"[A-Za-z]{3,}", inspect.getdoc(getattr(skimage.data, name)) or "")}
+    return sorted(words)
+
+
+def captions_for(src: np.ndarray, photo_captions: list[str], seed: int = 1) -> list[str]:
+    """Per point: its photo's caption plus 3 random vocabulary words."""
+    vocab = np.array(vocabulary())
+    extra = np.random.default_rng(seed).integers(0, len(vocab), size=(len(src), 3))
+    return [f"{photo_captions[s]} {' '.join(vocab[e])}" for s, e in zip(src, extra)]
 
 
 def make_vectors(base: np.ndarray, shared: int, n: int, noise: float, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -95,11 +131,12 @@ def make_vectors(base: np.ndarray, shared: int, n: int, noise: float, seed: int 
     return out.astype(np.float32), src
 
 
-def build(svc, vectors: np.ndarray, src: np.ndarray, sizes: list[tuple[str, int, int]]) -> dict:
-    """Register N indexed assets in SQL and upsert their points; seconds of each."""
+def build(svc, vectors: np.ndarray, src: np.ndarray, sizes: list[tuple[str, int, int]], captions: list[str]) -> dict:
+    """Register N indexed assets in SQL and upsert their points with keyword vectors; seconds of each."""
     from sqlalchemy import insert
 
     from engine.db import Asset, Collection
+    from engine.keywords import document_terms, file_words, keyword_text
     from engine.vectors import point_id
 
     n = len(vectors)
@@ -123,20 +160,27 @@ def build(svc, vectors: np.ndarray, src: np.ndarray, sizes: list[tuple[str, int,
         db.commit()
     sql_s = time.perf_counter() - t
     t = time.perf_counter()
+    terms_s = 0.0
     for start in range(0, n, UPSERT_CHUNK):
         stop = min(start + UPSERT_CHUNK, n)
-        ids, payloads = [], []
+        ids, payloads, terms = [], [], []
         for i in range(start, stop):
             aid = i + 1
             name, w, h = sizes[src[i]]
+            path = f"/library/photos/{name}-{aid:07d}.jpg"
+            words = keyword_text([captions[i], file_words(path)])
+            t_terms = time.perf_counter()
+            terms.append(document_terms(words))
+            terms_s += time.perf_counter() - t_terms
             ids.append(point_id("image", aid))
             payloads.append({"kind": "image", "asset_id": aid, "collection": COLLECTION,
-                             "path": f"/library/photos/{name}-{aid:07d}.jpg", "format": "JPEG", "width": w,
+                             "path": path, "format": "JPEG", "width": w,
                              "height": h, "bytes": 40_000 + (aid * 7919) % 200_000, "mtime": 1.7e9 + aid,
-                             "synthetic": False, "tags": [], "caption": None, "media": "image",
-                             "near_dup_group": aid})
-        svc.store.upsert(space, ids, vectors[start:stop], payloads)
-    return {"sql_insert_s": sql_s, "store_upsert_s": time.perf_counter() - t, "points": svc.store.count(space)}
+                             "synthetic": False, "tags": [], "caption": captions[i], "media": "image",
+                             "near_dup_group": aid, "keywords": words})
+        svc.store.upsert(space, ids, vectors[start:stop], payloads, keywords=terms)
+    return {"sql_insert_s": sql_s, "store_upsert_s": time.perf_counter() - t, "document_terms_s": terms_s,
+            "points": svc.store.count(space)}
 
 
 def pct(xs: list[float]) -> dict:
@@ -149,7 +193,8 @@ def top_k(scores: np.ndarray, k: int) -> np.ndarray:
     return part[np.argsort(-scores[part])]
 
 
-def run_size(n: int, n_queries: int, model, base: np.ndarray, sizes: list, noise: float) -> dict:
+def run_size(n: int, n_queries: int, model, base: np.ndarray, sizes: list, photo_captions: list[str],
+             noise: float) -> dict:
     from engine.engine import Engine
     from engine.services import Services
     from engine.settings import load_settings
@@ -160,15 +205,16 @@ def run_size(n: int, n_queries: int, model, base: np.ndarray, sizes: list, noise
                                      database_url=None, qdrant_url=None))
         svc._model = model  # loaded once for every size (start-up, not query time)
         vectors, src = make_vectors(base, model.backbone.shared_dim if model.has_shared else 0, n, noise)
-        built = build(svc, vectors, src, sizes)
+        built = build(svc, vectors, src, sizes, captions_for(src, photo_captions))
         print(f"{n:,}: built (SQL {built['sql_insert_s']:.1f} s, store {built['store_upsert_s']:.1f} s)",
               file=sys.stderr, flush=True)
         _, space, _ = svc.model_row()
         engine = Engine(svc)
 
         # stage timers: wrap the instances Engine.search calls through
-        marks: dict[str, float] = {"encode": 0.0, "vector": 0.0, "calls": 0}
+        marks: dict[str, float] = {"encode": 0.0, "vector": 0.0, "keyword": 0.0, "retrieve": 0.0, "calls": 0}
         real_encode, real_search = model.encode_texts, svc.store.search
+        real_keyword, real_retrieve = svc.store.keyword_search, svc.store.retrieve
 
         def encode_texts(*a, **kw):
             t = time.perf_counter()
@@ -185,32 +231,66 @@ def run_size(n: int, n_queries: int, model, base: np.ndarray, sizes: list, noise
             finally:
                 marks["vector"] += time.perf_counter() - t
 
+        def timed(name, real):
+            def call(*a, **kw):
+                t = time.perf_counter()
+                try:
+                    return real(*a, **kw)
+                finally:
+                    marks[name] += time.perf_counter() - t
+            return call
+
         model.encode_texts, svc.store.search = encode_texts, search
+        svc.store.keyword_search = timed("keyword", real_keyword)
+        svc.store.retrieve = timed("retrieve", real_retrieve)
         texts = [QUERIES[i % len(QUERIES)] for i in range(n_queries)]
-        stages: dict[str, list[float]] = {"total": [], "encode": [], "vector": [], "metadata": []}
-        store_calls = []
+        stages: dict[str, list[float]] = {"total": [], "encode": [], "vector": [], "keyword": [], "retrieve": [],
+                                          "metadata": []}
+        store_calls, n_hits, no_match, per_query = [], [], [], {}
         try:
             for text in QUERIES[:WARMUP]:
                 engine.search(text=text, collection=COLLECTION, k=K)
             for text in texts:
-                marks["encode"] = marks["vector"] = marks["calls"] = 0
+                for key in marks:
+                    marks[key] = 0
                 t = time.perf_counter()
                 out = engine.search(text=text, collection=COLLECTION, k=K)
                 total = time.perf_counter() - t
-                assert len(out["hits"]) == K, out
                 store_calls.append(marks["calls"])
+                n_hits.append(len(out["hits"]))
+                no_match.append(out["no_match"])
+                per_query.setdefault(text, {"hits": len(out["hits"]), "no_match": out["no_match"],
+                                            "rounds": marks["calls"], "ms": []})["ms"].append(round(total * 1e3, 2))
                 stages["total"].append(total * 1e3)
-                stages["encode"].append(marks["encode"] * 1e3)
-                stages["vector"].append(marks["vector"] * 1e3)
-                stages["metadata"].append((total - marks["encode"] - marks["vector"]) * 1e3)
+                for name in ("encode", "vector", "keyword", "retrieve"):
+                    stages[name].append(marks[name] * 1e3)
+                stages["metadata"].append((total - sum(marks[x] for x in ("encode", "vector", "keyword",
+                                                                           "retrieve"))) * 1e3)
         finally:
             del model.encode_texts  # back to the class method
-            svc.store.search = real_search
+            svc.store.search, svc.store.keyword_search, svc.store.retrieve = real_search, real_keyword, real_retrieve
+
+        # Engine.search without the encode, hybrid against vector mode, alternated query by query: the query
+        # vectors are computed once and served from a dict, so the comparison is not drowned in encode noise
+        cached = {t: v for t, v in zip(QUERIES, real_encode(QUERIES, role="query"))}
+        model.encode_texts = lambda texts, role="query", **kw: np.stack([cached[t] for t in texts])
+        modes: dict[str, list[float]] = {"hybrid": [], "vector": []}
+        try:
+            for text in QUERIES[:WARMUP]:
+                for mode in modes:
+                    engine.search(text=text, collection=COLLECTION, k=K, mode=mode)
+            for i, text in enumerate(texts):
+                for mode in (("hybrid", "vector") if i % 2 else ("vector", "hybrid")):
+                    t = time.perf_counter()
+                    engine.search(text=text, collection=COLLECTION, k=K, mode=mode)
+                    modes[mode].append((time.perf_counter() - t) * 1e3)
+        finally:
+            del model.encode_texts
 
         # the store search alone versus numpy exact, on the same query vectors, alternated
         qv = real_encode(QUERIES, role="query").astype(np.float32)
         flt = {"kind": "image", "synthetic": False, "collection": COLLECTION}
-        page = max(2 * K, 20)  # what Engine._ranked asks the store for
+        page = max(3 * K, 50)  # what Engine._ranked asks the store for (first round)
         ids = [point_id("image", i + 1) for i in range(n)]
         edge_ms, numpy_ms, overlap = [], [], []
         for i in range(WARMUP):
@@ -229,9 +309,12 @@ def run_size(n: int, n_queries: int, model, base: np.ndarray, sizes: list, noise
         svc.close()
     return {"n": n, "queries": n_queries, "space": space, "dim": int(vectors.shape[1]), "build": built,
             "store_stats": stats, "store_calls_per_query": float(np.mean(store_calls)),
+            "max_store_calls": int(np.max(store_calls)), "hits_per_query": float(np.mean(n_hits)),
+            "no_match_share": float(np.mean(no_match)), "per_query": per_query,
+            "load_average_at_end": os.getloadavg(),
             "stages": {k: pct(v) for k, v in stages.items()},
             "edge_alone": pct(edge_ms), "numpy_exact": pct(numpy_ms), "overlap10": float(np.mean(overlap)),
-            "store_k": page}
+            "store_k": page, "search_no_encode": {m: pct(v) for m, v in modes.items()}}
 
 
 def markdown(runs: list[dict]) -> str:
@@ -239,9 +322,12 @@ def markdown(runs: list[dict]) -> str:
     for r in runs:
         st = r["stages"]
         tot = st["total"]["mean_ms"]
-        for name, label in (("total", "**Engine.search total**"), ("encode", "text encode (encode_texts, query)"),
-                            ("vector", f"vector search (store.search, k={r['store_k']}, filtered)"),
-                            ("metadata", "metadata (rest: filters, hits, collapse SQL count)")):
+        for name, label in (("total", "**Engine.search total (hybrid)**"),
+                            ("encode", "text encode (encode_texts, query)"),
+                            ("vector", f"vector search (store.search, k={r['store_k']}+, filtered)"),
+                            ("keyword", f"keyword search (store.keyword_search BM25, k={r['store_k']}+)"),
+                            ("retrieve", "keyword-only candidates' vectors (store.retrieve)"),
+                            ("metadata", "rest: terms, coverage + fusion, hits, collapse SQL count")):
             s = st[name]
             lines.append(f"| {r['n']:,} | {label} | {s['p50_ms']:.2f} | {s['p95_ms']:.2f} | "
                          f"{s['mean_ms'] / tot:.1%} |")
@@ -249,6 +335,14 @@ def markdown(runs: list[dict]) -> str:
         lines.append(f"| {r['n']:,} | Edge search alone vs numpy exact (@ + argpartition) | "
                      f"{e['p50_ms']:.2f} vs {npx['p50_ms']:.2f} | {e['p95_ms']:.2f} vs {npx['p95_ms']:.2f} | "
                      f"Edge/numpy p50 x{e['p50_ms'] / npx['p50_ms']:.1f}; overlap@10 {r['overlap10']:.2f} |")
+        h, v = r["search_no_encode"]["hybrid"], r["search_no_encode"]["vector"]
+        lines.append(f"| {r['n']:,} | Engine.search without encode: hybrid vs vector mode (alternated) | "
+                     f"{h['p50_ms']:.2f} vs {v['p50_ms']:.2f} | {h['p95_ms']:.2f} vs {v['p95_ms']:.2f} | "
+                     f"hybrid - vector p50 {h['p50_ms'] - v['p50_ms']:+.2f} ms |")
+        lines.append(f"| {r['n']:,} | per query: hits {r['hits_per_query']:.1f} of {K}, no_match "
+                     f"{r['no_match_share']:.0%}, store rounds mean {r['store_calls_per_query']:.2f} / max "
+                     f"{r['max_store_calls']} | | | load at end "
+                     f"{', '.join(f'{x:.2f}' for x in r['load_average_at_end'])} |")
     return "\n".join(lines)
 
 
@@ -268,12 +362,13 @@ def main() -> None:
 
     model = load_model("default", device="cpu")
     photos = photo_images()
-    base = model.encode_images([im for _, im in photos], role="document").astype(np.float32)
-    sizes = [(name, im.width, im.height) for name, im in photos]
+    base = model.encode_images([im for _, im, _ in photos], role="document").astype(np.float32)
+    sizes = [(name, im.width, im.height) for name, im, _ in photos]
+    photo_captions = [cap for _, _, cap in photos]
     norms = np.linalg.norm(base, axis=1)
     runs = []
     for n in args.sizes:
-        runs.append(run_size(n, args.queries, model, base, sizes, args.noise))
+        runs.append(run_size(n, args.queries, model, base, sizes, photo_captions, args.noise))
         print(f"{n:,} items done after {time.perf_counter() - started:.0f} s", file=sys.stderr, flush=True)
     table = markdown(runs)
     gen, _ = make_vectors(base, model.backbone.shared_dim if model.has_shared else 0, 1000, args.noise)
