@@ -202,6 +202,7 @@ def test_upload_create_and_watch_ingestion_with_per_file_errors(local, svc, phot
     shown = texts(at)
     assert "done: indexed 2" in shown and "campaign" in str(at.dataframe[0].value)
     assert at.status[0].proto.label.startswith(f"Job {at.session_state['watch_job']} (campaign): done")
+    assert at.selectbox(key="target").value == "campaign"  # the new collection is now selected
 
     lib = tmp_path / "lib"
     lib.mkdir()

@@ -27,6 +27,8 @@ def overview(colls: list[dict]) -> None:
 
 def target_collection(colls: list[dict]) -> str | None:
     names = [c["name"] for c in colls]
+    if S.get("select_target") in names:  # a job just created this collection: select it
+        S["target"] = S.pop("select_target")
     choice = st.selectbox("Collection", names + [NEW], key="target", index=0 if names else len(names))
     if choice != NEW:
         return choice
@@ -63,7 +65,7 @@ def start(collection: str | None, how: str, ocr: bool) -> None:
     except ClientError as e:
         st.error(f"Nothing was ingested: {e}")
         return
-    S["watch_job"] = job_id
+    S["watch_job"], S["select_target"] = job_id, collection
 
 
 def job_line(job: dict) -> str:
