@@ -106,6 +106,18 @@ def test_more_like_this_pages_and_filters(local, svc):
     assert "No good match" in texts(at) and "loosen the filters" in texts(at)
 
 
+def test_an_unreachable_store_is_reported_not_raised(local, monkeypatch):
+    from engine.shared_store import StoreUnavailable
+
+    def down(**_):
+        raise StoreUnavailable("no process could open the vector store in /x/qdrant; check the folder")
+
+    monkeypatch.setattr(local.engine, "search", down)
+    at = app()
+    at.text_input(key="q").input("a cat").run()
+    assert not at.exception and "The search failed: no process could open the vector store" in texts(at)
+
+
 def test_search_by_image_upload(local, photos):  # noqa: F811
     at = app()
     data = (photos.parent / "images" / "coffee.png").read_bytes()

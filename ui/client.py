@@ -50,13 +50,17 @@ class LocalClient:
 
     @contextmanager
     def _errors(self):
+        """Engine errors -> ClientError: bad values, and stores or databases that cannot be reached."""
+        from engine.db import DatabaseError
         from engine.generate import GeneratorUnavailable
+        from engine.qdrant_store import QdrantUnavailable
+        from engine.shared_store import StoreUnavailable
 
         try:
             yield
         except GeneratorUnavailable as e:
             raise GeneratorMissing(str(e)) from None
-        except (ValueError, ImportError) as e:
+        except (ValueError, ImportError, StoreUnavailable, QdrantUnavailable, DatabaseError) as e:
             raise ClientError(str(e)) from None
 
     def collections(self) -> list[dict]:
