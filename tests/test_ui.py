@@ -106,6 +106,19 @@ def test_more_like_this_pages_and_filters(local, svc):
     assert "No good match" in texts(at) and "loosen the filters" in texts(at)
 
 
+def test_search_in_texts_lists_captions_with_their_images(local, svc):
+    at = app()
+    at.radio(key="target").set_value("texts").run()
+    at.text_input(key="q").input("coffee cup").run()
+    hits = at.session_state["last_hits"]
+    assert not at.exception and hits[0]["content"] == "Coffee cup." and hits[0]["kind"] == "caption"
+    assert "caption · score" in texts(at) and len(at.image) >= 1
+    coffee = asset_id(svc, "coffee.png")
+    at.button(key=f"text-more-{hits[0]['id']}").click().run()  # back to images, like the caption's image
+    assert f"More like #{coffee}" in texts(at) and at.radio(key="target").value == "images"
+    assert at.session_state["last_hits"] and "content" not in at.session_state["last_hits"][0]
+
+
 def test_an_unreachable_store_is_reported_not_raised(local, monkeypatch):
     from engine.shared_store import StoreUnavailable
 

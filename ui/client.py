@@ -89,9 +89,11 @@ class LocalClient:
 
     def search(self, text: str | None = None, image: tuple[str, bytes] | None = None, asset_id: int | None = None,
                collection: str | None = None, k: int = 12, offset: int = 0, filters: dict | None = None,
-               include_synthetic: bool = False, collapse: bool = True, mode: str = "hybrid") -> dict:
+               include_synthetic: bool = False, collapse: bool = True, mode: str = "hybrid",
+               target: str = "images") -> dict:
+        """target: "images", or "texts" (captions, OCR, documents: hits carry asset_id, kind and content)."""
         kw = dict(collection=collection, k=k, offset=offset, filters=filters or None,
-                  include_synthetic=include_synthetic, collapse=collapse)
+                  include_synthetic=include_synthetic, collapse=collapse, target=target)
         if text is not None:
             kw["mode"] = mode  # how a text matches: meaning and words, or one of them
         with self._errors():
@@ -180,19 +182,21 @@ class HttpClient:
 
     def search(self, text: str | None = None, image: tuple[str, bytes] | None = None, asset_id: int | None = None,
                collection: str | None = None, k: int = 12, offset: int = 0, filters: dict | None = None,
-               include_synthetic: bool = False, collapse: bool = True, mode: str = "hybrid") -> dict:
+               include_synthetic: bool = False, collapse: bool = True, mode: str = "hybrid",
+               target: str = "images") -> dict:
         filters = {key: v for key, v in (filters or {}).items() if v not in (None, [], "")}
         if image is not None:
             if filters or not collapse:
                 raise NotOverApi("filters and 'show every near-duplicate' are not available over the API for image "
                                  "searches yet; clear them or search by text")
-            form = {"k": str(k), "offset": str(offset), "include_synthetic": str(include_synthetic).lower()}
+            form = {"k": str(k), "offset": str(offset), "include_synthetic": str(include_synthetic).lower(),
+                    "target": target}
             if collection:
                 form["collection"] = collection
             return self._request("POST", "/search/image", files={"file": image}, data=form).json()
         body = {"text": text, "asset_id": asset_id, "collection": collection, "k": k, "offset": offset,
                 "filters": filters or None, "include_synthetic": include_synthetic, "collapse": collapse,
-                "mode": mode}
+                "mode": mode, "target": target}
         return self._request("POST", "/search", json={key: v for key, v in body.items() if v is not None}).json()
 
     def stream_answer(self, question: str, collection: str | None = None, k: int = 5) -> Iterator[str | dict]:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import streamlit as st
 
 from ui.client import ClientError
@@ -26,6 +28,7 @@ def more_like(asset_id: int) -> None:
 
 
 MODES = {"hybrid": "Meaning and words", "vector": "Meaning only", "keyword": "Words only"}
+TARGETS = {"images": "Images", "texts": "Texts (captions, OCR, documents)"}
 
 
 def filters_form() -> tuple[dict, bool, bool, str]:
@@ -72,6 +75,23 @@ def no_match(query: dict, filtered: bool) -> None:
     st.warning(f"No good match for {what} in this collection. Try to " + "; ".join(tips) + ".")
 
 
+def text_list(hits: list[dict]) -> None:
+    """Text hits: the text, what kind it is, and the image (or document) it belongs to."""
+    for hit in hits:
+        with st.container(border=True):
+            left, right = st.columns([1, 6])
+            data = thumb(hit["asset_id"], 128, square=True)
+            if data:
+                left.image(data, width="stretch")
+            right.markdown(hit.get("content") or "")
+            right.caption(f"{hit.get('kind')} · score {hit['score']:.2f} · {Path(hit.get('path') or '').name} · "
+                          f"#{hit['asset_id']}" + (f" · {hit['collection']}" if hit.get("collection") else ""))
+            if data and right.button("Images like this one", key=f"text-more-{hit['id']}",
+                                     icon=":material/image_search:"):
+                S["set_target"] = "images"  # applied before the radio is drawn on the next run
+                more_like(hit["asset_id"])
+
+
 def pager(offset: int, size: int, has_next: bool) -> None:
     prev, label, nxt = st.columns([1, 2, 1])
     if prev.button("← Previous", disabled=offset == 0, key="prev_page", width="stretch"):
@@ -100,13 +120,19 @@ if colls is not None:
                                                                 "tiff"], key="query_image")
         if upload is not None and st.button("Search by this image", key="image_button"):
             set_query(image=(upload.name, upload.getvalue()))
-    collection = collection_picker(colls, key="collection")
+    where_col, target_col = st.columns([3, 2])
+    with where_col:
+        collection = collection_picker(colls, key="collection")
+    with target_col:
+        if "set_target" in S:
+            S["target"] = S.pop("set_target")
+        target = st.radio("Find", list(TARGETS), format_func=TARGETS.get, horizontal=True, key="target")
     filters, synthetic, collapse, mode = filters_form()
     size = st.select_slider("Hits per page", [8, 12, 20, 40], value=12, key="page_size")
 
     query = S.get("query")
     if query:
-        signature = (repr(query)[:200], collection, repr(filters), synthetic, collapse, size, mode)
+        signature = (repr(query)[:200], collection, repr(filters), synthetic, collapse, size, mode, target)
         if S.get("signature") != signature:
             S["signature"], S["offset"] = signature, 0
         offset = S.get("offset", 0)
@@ -115,7 +141,7 @@ if colls is not None:
             with st.spinner("Searching..."):
                 result = client().search(**query, collection=collection, k=size + 1, offset=offset,
                                          filters=filters, include_synthetic=synthetic, collapse=collapse,
-                                         mode=mode)
+                                         mode=mode, target=target)
         except ClientError as e:
             st.error(f"The search failed: {e}")
         else:
@@ -129,7 +155,10 @@ if colls is not None:
                     st.caption("The closest images, all weak matches:")
             elif not hits and offset:
                 st.info("No more results: this is past the last page.")
-            hit_grid(hits[:size], key="hit", on_more=more_like)
+            if target == "texts":
+                text_list(hits[:size])
+            else:
+                hit_grid(hits[:size], key="hit", on_more=more_like)
             if offset or len(hits) > size:
                 pager(offset, size, has_next=len(hits) > size)
     else:
