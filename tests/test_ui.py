@@ -309,6 +309,14 @@ def test_http_client_offers_what_the_local_client_does(http, svc, photos):  # no
     assert http.asset(by_http["hits"][0]["id"])["collection"] == "samples"
     *_, final = list(http.stream_answer("zqxj vbnm wrtp?", collection="samples"))
     assert isinstance(final, dict) and final["abstained"]
+    from engine.answer import SmolLMAnswerer
+
+    http.http.app.state.engine._answerer = SmolLMAnswerer(max_new_tokens=16)  # the real answerer, kept short
+    *pieces, final = list(http.stream_answer("What is in the coffee cup?", collection="samples"))
+    assert pieces and all(isinstance(p, str) for p in pieces) and isinstance(final, dict)
+    assert Path(final["evidence"][0]["image_path"]).name == "coffee.png"
+    if not final["abstained"]:
+        assert "".join(pieces).strip() == final["answer"]  # the streamed text is the answer, newlines and all
     job_id = http.upload("via-api", [("horse.png", (photos.parent / "images" / "horse.png").read_bytes())])
     assert isinstance(job_id, int) and http.job(job_id)["collection"] == "via-api"
     with pytest.raises(GeneratorMissing, match="OMNIBRIDGE_GENERATOR"):
