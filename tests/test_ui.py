@@ -22,7 +22,7 @@ from engine.services import Services
 from engine.settings import load_settings
 from tests.test_generate import tiny_pipeline
 from tests.test_ingest import model, photos, run_job  # noqa: F401  (fixtures)
-from ui.client import ClientError, GeneratorMissing, HttpClient, LocalClient, NotOverApi
+from ui.client import ClientError, GeneratorMissing, HttpClient, LocalClient
 
 APP = str(Path(__file__).resolve().parents[1] / "ui" / "app.py")
 TIMEOUT = 120
@@ -321,8 +321,17 @@ def test_http_client_offers_what_the_local_client_does(http, svc, photos):  # no
     assert isinstance(job_id, int) and http.job(job_id)["collection"] == "via-api"
     with pytest.raises(GeneratorMissing, match="OMNIBRIDGE_GENERATOR"):
         http.generate_similar(by_http["hits"][0]["id"], n=1)
-    with pytest.raises(NotOverApi, match="embedding map is not available over the API"):
-        http.embedding_map("samples")
+    by_http, by_local = http.embedding_map("samples"), local.embedding_map("samples")
+    assert [(p["id"], round(p["x"], 4)) for p in by_http["points"]] == \
+        [(p["id"], round(p["x"], 4)) for p in by_local["points"]] and by_http["total"] == 21
+    assert http.create_collection("made-over-api")["name"] == "made-over-api"
+    assert "made-over-api" in [c["name"] for c in local.collections()]
+    with pytest.raises(ClientError, match="collection name 'a/b'"):
+        http.create_collection("a/b")
+    for kw in ({"filters": {"format": ["JPEG"]}}, {"collapse": False}):
+        by_http = http.search(image=("q.png", data), collection="samples", k=4, **kw)
+        by_local = local.search(image=("q.png", data), collection="samples", k=4, **kw)
+        assert [h["id"] for h in by_http["hits"]] == [h["id"] for h in by_local["hits"]], kw
     with pytest.raises(ClientError, match="no such file or folder|outside"):
         http.ingest_paths("samples", ["/no/such/folder"])
 
@@ -335,12 +344,15 @@ def test_http_client_names_a_refused_key_and_an_unreachable_api(svc):
         HttpClient("http://127.0.0.1:9", "k", timeout=2).collections()
 
 
-def test_the_search_page_works_over_the_api(http):
+def test_the_pages_work_over_the_api(http):
     ui.client.use(http)
     try:
         at = app()
         assert "API at http://testserver" in str(at.sidebar.caption[0].value)
         at.text_input(key="q").input("a cup of coffee").run()
         assert not at.exception and hit_names(at)[0] == "coffee.png"
+        at = app("explore")
+        at.selectbox(key="explore_collection").select("samples").run()
+        assert not at.exception and "**samples**: 21 images" in texts(at) and at.get("vega_lite_chart")
     finally:
         ui.client.use(None)

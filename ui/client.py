@@ -27,10 +27,6 @@ class GeneratorMissing(ClientError):
     """No image generator is configured; the message says how to configure one."""
 
 
-class NotOverApi(ClientError):
-    """A feature the HTTP API does not offer yet."""
-
-
 GENERATOR_HOWTO = (
     "Generating similar images needs a diffusers image-to-image checkpoint. Set OMNIBRIDGE_GENERATOR to a local "
     "folder or a Hugging Face hub id (for example `OMNIBRIDGE_GENERATOR=stabilityai/stable-diffusion-2-1-base` "
@@ -162,16 +158,15 @@ class HttpClient:
         return self._request("GET", "/collections").json()["collections"]
 
     def create_collection(self, name: str) -> dict:
-        raise NotOverApi("creating an empty collection is not available over the API yet: upload files or ingest a "
-                         "folder under the new name, which creates the collection")
+        return self._request("POST", f"/collections/{_name(name)}").json()
 
     def ingest_paths(self, collection: str, paths: list[str], ocr: bool = False) -> int:
         body = {"paths": [p.strip() for p in paths if p.strip()], "ocr": ocr}
-        return self._request("POST", f"/collections/{collection}/ingest", json=body).json()["id"]
+        return self._request("POST", f"/collections/{_name(collection)}/ingest", json=body).json()["id"]
 
     def upload(self, collection: str, files: list[tuple[str, bytes]], ocr: bool = False) -> int:
         parts = [("files", (name, data)) for name, data in files]
-        return self._request("POST", f"/collections/{collection}/upload", files=parts,
+        return self._request("POST", f"/collections/{_name(collection)}/upload", files=parts,
                              data={"ocr": str(ocr).lower()}).json()["id"]
 
     def job(self, job_id: int) -> dict:
@@ -186,13 +181,12 @@ class HttpClient:
                target: str = "images") -> dict:
         filters = {key: v for key, v in (filters or {}).items() if v not in (None, [], "")}
         if image is not None:
-            if filters or not collapse:
-                raise NotOverApi("filters and 'show every near-duplicate' are not available over the API for image "
-                                 "searches yet; clear them or search by text")
             form = {"k": str(k), "offset": str(offset), "include_synthetic": str(include_synthetic).lower(),
-                    "target": target}
+                    "collapse": str(collapse).lower(), "target": target}
             if collection:
                 form["collection"] = collection
+            if filters:
+                form["filters"] = json.dumps(filters)
             return self._request("POST", "/search/image", files={"file": image}, data=form).json()
         body = {"text": text, "asset_id": asset_id, "collection": collection, "k": k, "offset": offset,
                 "filters": filters or None, "include_synthetic": include_synthetic, "collapse": collapse,
@@ -226,8 +220,18 @@ class HttpClient:
         return self._request("POST", f"/assets/{asset_id}/generate-similar", json=body).json()["variants"]
 
     def embedding_map(self, collection: str, limit: int = 2000, include_synthetic: bool = False) -> dict:
-        raise NotOverApi("the embedding map is not available over the API yet; open the UI on the embedded engine "
-                         "(leave OMNIBRIDGE_API_URL empty) to explore a collection")
+        return self._request("GET", f"/collections/{_name(collection)}/map",
+                             params={"limit": limit, "include_synthetic": str(include_synthetic).lower()}).json()
+
+
+def _name(collection: str) -> str:
+    """A collection name as a URL path segment; the API refuses names it does not allow, so refuse them here too."""
+    from engine.catalog import check_collection_name
+
+    try:
+        return check_collection_name(collection)
+    except ValueError as e:
+        raise ClientError(str(e)) from None
 
 
 def _check(r: httpx.Response, base_url: str) -> None:
