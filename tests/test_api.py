@@ -339,3 +339,11 @@ def test_search_by_upload_takes_filters(api):
     r = api.client.post("/search/image", files={"file": ("q.png", horse, "image/png")},
                         data={"collection": "photos", "filters": '{"colour": "red"}'}, headers=api.h("photos_read"))
     assert r.status_code == 422 and "colour" in r.json()["detail"]
+
+
+def test_a_collections_jobs_are_listed_for_its_readers(api):
+    r = api.client.get("/jobs?collection=photos", headers=api.h("photos_read"))
+    assert r.status_code == 200 and r.json()["jobs"][0]["collection"] == "photos"
+    assert r.json()["jobs"][0]["status"] == "done"
+    assert api.client.get("/jobs?collection=photos", headers=api.h("other_read")).status_code == 403
+    assert api.client.get("/jobs", headers=api.h("admin")).status_code == 422  # which collection: required

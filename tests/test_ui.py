@@ -319,6 +319,8 @@ def test_http_client_offers_what_the_local_client_does(http, svc, photos):  # no
         assert "".join(pieces).strip() == final["answer"]  # the streamed text is the answer, newlines and all
     job_id = http.upload("via-api", [("horse.png", (photos.parent / "images" / "horse.png").read_bytes())])
     assert isinstance(job_id, int) and http.job(job_id)["collection"] == "via-api"
+    assert [j["id"] for j in http.recent_jobs("via-api")] == [j["id"] for j in local.recent_jobs("via-api")]
+    assert [j["id"] for j in http.recent_jobs(n=3)] == [j["id"] for j in local.recent_jobs(n=3)]
     with pytest.raises(GeneratorMissing, match="OMNIBRIDGE_GENERATOR"):
         http.generate_similar(by_http["hits"][0]["id"], n=1)
     by_http, by_local = http.embedding_map("samples"), local.embedding_map("samples")

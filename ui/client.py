@@ -173,7 +173,10 @@ class HttpClient:
         return self._request("GET", f"/jobs/{job_id}").json()
 
     def recent_jobs(self, collection: str | None = None, n: int = 10) -> list[dict]:
-        return []  # the API has no job listing; the Collections page follows the jobs it started
+        if collection is None:  # the API lists one collection's jobs (a key may not read them all)
+            every = [j for c in self.collections() for j in self.recent_jobs(c["name"], n)]
+            return sorted(every, key=lambda j: -j["id"])[:n]
+        return self._request("GET", "/jobs", params={"collection": collection, "n": n}).json()["jobs"]
 
     def search(self, text: str | None = None, image: tuple[str, bytes] | None = None, asset_id: int | None = None,
                collection: str | None = None, k: int = 12, offset: int = 0, filters: dict | None = None,

@@ -1,15 +1,26 @@
-"""GET /jobs/{id}: an ingestion job's status and counters."""
+"""GET /jobs (a collection's recent jobs) and GET /jobs/{id}: an ingestion job's status and counters."""
 
 from __future__ import annotations
 
-from fastapi import APIRouter, HTTPException
+from typing import Annotated
+
+from fastapi import APIRouter, HTTPException, Query
 
 from ingest import pipeline
 
 from .auth import READ, PrincipalDep
-from .deps import JobId, ServicesDep
+from .deps import COLLECTION_NAME, JobId, ServicesDep
 
 router = APIRouter(prefix="/jobs", tags=["jobs"])
+
+
+@router.get("")
+def jobs(collection: Annotated[str, Query(pattern=COLLECTION_NAME, description="the collection's jobs")],
+         svc: ServicesDep, principal: PrincipalDep,
+         n: Annotated[int, Query(ge=1, le=100, description="most recent first")] = 10) -> dict:
+    """A collection's most recent ingestion jobs with their status and counters."""
+    principal.require(collection, READ)
+    return {"jobs": pipeline.status_report(svc, collection, jobs=n, errors=0)["jobs"]}
 
 
 @router.get("/{job_id}")
