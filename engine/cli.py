@@ -173,7 +173,7 @@ def demo(
     metrics = evaluate(svc.model, read_pairs(pairs_file))
     typer.echo(f"text->image on its {metrics['queries']} captions: R@1 {metrics['t2i']['r1']:.2f}  "
                f"R@5 {metrics['t2i']['r5']:.2f}")
-    for q in query or ["a cat", "a cup of coffee", "an astronaut in a space suit", "coins"]:
+    for q in query or ["a cat", "a cup of coffee", "coins", "a rocket launch", "a giraffe"]:
         hits = Engine(svc).search(text=q, collection="samples", k=3)["hits"]
         typer.echo(f"{q!r:>34} -> " + (", ".join(f"{Path(h['path']).name} ({h['score']:.2f})" for h in hits)
                                         or "no good match"))

@@ -83,6 +83,12 @@ def test_search_by_text_shows_the_expected_photo_first(local):
     assert hit_names(at)[0] == "coffee.png" and "keyword match" in texts(at)
     at.text_input(key="q").input("qqzx wvut").run()
     assert at.session_state["last_hits"] == [] and "No good match for “qqzx wvut”" in texts(at)
+    assert "show_weak_button" not in [b.key for b in at.button]  # words only found nothing at all to show
+    at.radio(key="f_mode").set_value("hybrid").run()
+    at.button(key="show_weak_button").click().run()  # the closest anyway, still flagged
+    assert len(at.session_state["last_hits"]) == 12 and "all weak matches" in texts(at)
+    at.text_input(key="q").input("a giraffe").run()  # a new search asks for likely matches again
+    assert at.session_state["last_hits"] == [] and "No good match for “a giraffe”" in texts(at)
 
 
 def test_more_like_this_pages_and_filters(local, svc):

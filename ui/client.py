@@ -86,10 +86,11 @@ class LocalClient:
     def search(self, text: str | None = None, image: tuple[str, bytes] | None = None, asset_id: int | None = None,
                collection: str | None = None, k: int = 12, offset: int = 0, filters: dict | None = None,
                include_synthetic: bool = False, collapse: bool = True, mode: str = "hybrid",
-               target: str = "images") -> dict:
-        """target: "images", or "texts" (captions, OCR, documents: hits carry asset_id, kind and content)."""
+               target: str = "images", min_relevance: float | None = None) -> dict:
+        """target: "images", or "texts" (captions, OCR, documents: hits carry asset_id, kind and content).
+        min_relevance: None = the engine's default (likely matches only, for a text); 0 = the closest anyway."""
         kw = dict(collection=collection, k=k, offset=offset, filters=filters or None,
-                  include_synthetic=include_synthetic, collapse=collapse, target=target)
+                  include_synthetic=include_synthetic, collapse=collapse, target=target, min_relevance=min_relevance)
         if text is not None:
             kw["mode"] = mode  # how a text matches: meaning and words, or one of them
         with self._errors():
@@ -181,11 +182,13 @@ class HttpClient:
     def search(self, text: str | None = None, image: tuple[str, bytes] | None = None, asset_id: int | None = None,
                collection: str | None = None, k: int = 12, offset: int = 0, filters: dict | None = None,
                include_synthetic: bool = False, collapse: bool = True, mode: str = "hybrid",
-               target: str = "images") -> dict:
+               target: str = "images", min_relevance: float | None = None) -> dict:
         filters = {key: v for key, v in (filters or {}).items() if v not in (None, [], "")}
         if image is not None:
             form = {"k": str(k), "offset": str(offset), "include_synthetic": str(include_synthetic).lower(),
                     "collapse": str(collapse).lower(), "target": target}
+            if min_relevance is not None:
+                form["min_relevance"] = str(min_relevance)
             if collection:
                 form["collection"] = collection
             if filters:
@@ -193,7 +196,7 @@ class HttpClient:
             return self._request("POST", "/search/image", files={"file": image}, data=form).json()
         body = {"text": text, "asset_id": asset_id, "collection": collection, "k": k, "offset": offset,
                 "filters": filters or None, "include_synthetic": include_synthetic, "collapse": collapse,
-                "mode": mode, "target": target}
+                "mode": mode, "target": target, "min_relevance": min_relevance}
         return self._request("POST", "/search", json={key: v for key, v in body.items() if v is not None}).json()
 
     def stream_answer(self, question: str, collection: str | None = None, k: int = 5) -> Iterator[str | dict]:

@@ -134,14 +134,15 @@ if colls is not None:
     if query:
         signature = (repr(query)[:200], collection, repr(filters), synthetic, collapse, size, mode, target)
         if S.get("signature") != signature:
-            S["signature"], S["offset"] = signature, 0
+            S["signature"], S["offset"], S["show_weak"] = signature, 0, False
         offset = S.get("offset", 0)
         describe(query)
         try:
             with st.spinner("Searching..."):
                 result = client().search(**query, collection=collection, k=size + 1, offset=offset,
                                          filters=filters, include_synthetic=synthetic, collapse=collapse,
-                                         mode=mode, target=target)
+                                         mode=mode, target=target,
+                                         min_relevance=0.0 if S.get("show_weak") else None)
         except ClientError as e:
             st.error(f"The search failed: {e}")
         else:
@@ -152,7 +153,12 @@ if colls is not None:
             if result.get("no_match"):
                 no_match(query, bool(filters))
                 if hits:
-                    st.caption("The closest images, all weak matches:")
+                    st.caption("The closest results, all weak matches:")
+                elif result.get("best_score") is not None and st.button(
+                        f"Show the closest anyway (best score {result['best_score']:.2f}, a likely match needs "
+                        f"{result.get('threshold', 0):.2f})", key="show_weak_button"):
+                    S["show_weak"] = True
+                    st.rerun()
             elif not hits and offset:
                 st.info("No more results: this is past the last page.")
             if target == "texts":
