@@ -19,7 +19,7 @@ only) and `QwenVLAnswerer` (a Qwen2-VL checkpoint, optionally with a LoRA adapte
 
     answerer = load_answerer("smollm2")
     evidence = [Evidence(asset_id=7, score=0.64, caption="Coffee cup.")]
-    for item in stream_answer(answerer, "What is in the cup?", evidence, min_score=DEFAULT_MIN_SCORE):
+    for item in stream_answer(answerer, "What is in the cup?", evidence, min_score=0.4):
         ...  # str tokens as generated, then the final Answer
 """
 
@@ -39,10 +39,6 @@ log = logging.getLogger(__name__)
 SENTINEL = "NOT IN EVIDENCE"
 NOTHING_RELEVANT = "The collection holds nothing relevant enough to answer this question."
 NOT_ANSWERED = "The retrieved items do not answer this question."
-# Relevance below which evidence is not shown to the model, for omnibridge's "default" retrieval model: the value
-# bench/answer.py picks from its DEV questions about present and absent photos (see bench/ANSWER_RESULTS.md).
-# Other retrieval models score on other scales: measure theirs the same way.
-DEFAULT_MIN_SCORE = 0.45
 
 SYSTEM_PROMPT = (
     "You answer questions about a photo collection. The user gives numbered evidence and a question. "
@@ -144,7 +140,7 @@ def stream_answer(
     if not isinstance(question, str) or not question.strip():
         raise ValueError(f"question must be a non-empty string, got {question!r}")
     if not isinstance(min_score, (int, float)) or not math.isfinite(min_score):
-        raise ValueError(f"min_score must be a finite number, got {min_score!r}; try DEFAULT_MIN_SCORE")
+        raise ValueError(f"min_score must be a finite number, got {min_score!r}; e.g. the search's no-match threshold")
     bad = [e for e in evidence if not isinstance(e, Evidence)]
     if bad:
         raise ValueError(f"evidence items must be engine.answer.Evidence, got {type(bad[0]).__name__}")
