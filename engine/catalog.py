@@ -11,26 +11,23 @@
 from __future__ import annotations
 
 import base64
-import hashlib
 import io
 import re
 import threading
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
-from PIL import Image
 from sqlalchemy import func, select
 
 from .db import Asset, Collection, GeneratedAsset, Text, Vector
 
-COLLECTION_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")  # the API's rule: also a safe folder name
+COLLECTION_NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"  # also a safe folder name (uploads go to media/uploads/NAME)
 MAP_LIMIT = 2000  # points drawn on an embedding map at most
-MAX_UPLOAD_NAME = 120
 
 
 def check_collection_name(name: str) -> str:
-    if not isinstance(name, str) or not COLLECTION_NAME.match(name):
+    if not isinstance(name, str) or not re.match(COLLECTION_NAME, name):
         raise ValueError(f"collection name {name!r}: use 1 to 128 letters, digits, '.', '_' or '-', "
                          "starting with a letter or digit (e.g. 'spring-campaign')")
     return name
@@ -38,7 +35,7 @@ def check_collection_name(name: str) -> str:
 
 class CatalogMixin:
     svc: object
-    _jobs_pool: ThreadPoolExecutor | None = None
+    _runner = None
     _jobs_lock = threading.Lock()
 
     # -- collections and jobs --------------------------------------------------------------------------------
@@ -62,64 +59,43 @@ class CatalogMixin:
                 db.commit()
             return {"name": coll.name, "root": coll.root, "assets": {}}
 
+    @property
+    def ingest_runner(self):
+        """The process's job runner (ingest.runner.IngestRunner), created on first use."""
+        from ingest.runner import IngestRunner
+
+        with self._jobs_lock:
+            if self._runner is None:
+                self._runner = IngestRunner(self.svc)
+            return self._runner
+
     def start_ingest(self, collection: str, paths: list[str], ocr: bool = False) -> int:
         """Start a job over folders, files or PAIRS.jsonl (a bad path raises ValueError now); returns its id.
 
         Embedded broker: one job at a time on a background thread of this process; else queued to the workers."""
-        from ingest import pipeline
-
         check_collection_name(collection)
         paths = [str(p).strip() for p in paths if str(p).strip()]
         if not paths:
             raise ValueError("give at least one folder or file to ingest")
-        if not self.svc.settings.embedded_broker:
-            from ingest.worker import submit
+        return self.ingest_runner.start(paths, collection, ocr=ocr)
 
-            pipeline.read_source(paths)
-            return submit(paths, collection, ocr=ocr)
-        job_id = pipeline.create_job(self.svc, paths, collection, ocr=ocr)
-        with self._jobs_lock:
-            if self._jobs_pool is None:
-                self._jobs_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="omnibridge-ingest")
-        self._jobs_pool.submit(pipeline.run_job, self.svc, job_id)
-        return job_id
+    def ingest_uploads(self, collection: str, files: list[tuple[str, bytes | BinaryIO]], ocr: bool = False) -> int:
+        """Store uploaded images under HOME/media/uploads/COLLECTION (ingest.uploads.store_upload) and start a job.
 
-    def ingest_uploads(self, collection: str, files: list[tuple[str, bytes]], ocr: bool = False) -> int:
-        """Store uploaded images under HOME/media/uploads/COLLECTION and start a job over them.
-
-        A file that is not a readable image is refused with its name and the reason; then none of the files are kept."""
-        from ingest.media import MediaError, load_image, media_kind
+        A file that is refused (name, size, not a readable image) fails the whole batch, naming it; then none of
+        the batch's new files are kept."""
+        from ingest.uploads import store_upload
 
         check_collection_name(collection)
         if not files:
             raise ValueError("choose at least one image to upload")
         s = self.svc.settings
         folder = s.media_dir / "uploads" / collection
-        folder.mkdir(parents=True, exist_ok=True)
         created: list[Path] = []
-        stored: list[str] = []
         try:
-            for raw_name, data in files:
-                name = _plain_name(raw_name)
-                if media_kind(name) != "image":
-                    raise ValueError(f"{raw_name!r} is not an image file name (use .jpg, .png, .webp, ...)")
-                if len(data) > s.max_file_bytes:
-                    raise ValueError(f"{raw_name!r} is over the {s.max_file_mb:g} MB limit (OMNIBRIDGE_MAX_FILE_MB)")
-                part = folder / f".{name}.part"  # dotfiles are never ingested
-                part.write_bytes(data)
-                try:
-                    load_image(part, max_pixels=s.max_image_pixels, max_bytes=s.max_file_bytes)
-                except (MediaError, OSError) as e:
-                    raise ValueError(f"{raw_name!r} is not a readable image: {str(e).split(': ', 1)[-1]}") from None
-                finally:
-                    part.unlink(missing_ok=True)
-                dest = folder / name
-                if dest.exists() and dest.read_bytes() != data:
-                    dest = folder / f"{dest.stem}-{hashlib.sha256(data).hexdigest()[:8]}{dest.suffix}"
-                if not dest.exists():
-                    dest.write_bytes(data)
-                    created.append(dest)
-                stored.append(str(dest.resolve()))
+            stored = [str(store_upload(io.BytesIO(data) if isinstance(data, bytes) else data, name, folder,
+                                       s.max_file_bytes, s.max_image_pixels, created).resolve())
+                      for name, data in files]
             return self.start_ingest(collection, list(dict.fromkeys(stored)), ocr=ocr)
         except Exception:
             for path in created:
@@ -151,8 +127,10 @@ class CatalogMixin:
             lineage = db.scalar(select(GeneratedAsset).where(GeneratedAsset.asset_id == asset_id))
             return {"id": row.id, "collection": db.get(Collection, row.collection_id).name, "path": row.uri,
                     "media": row.media, "status": row.status, "error": row.error, "format": row.format,
-                    "width": row.width, "height": row.height, "bytes": row.bytes,
-                    "near_dup_group": row.near_dup_group, "synthetic": row.synthetic, "texts": texts,
+                    "width": row.width, "height": row.height, "bytes": row.bytes, "sha256": row.sha256,
+                    "duplicate_of": row.duplicate_of, "near_dup_group": row.near_dup_group,
+                    "synthetic": row.synthetic, "job_id": row.job_id,
+                    "created_at": row.created_at.isoformat() if row.created_at else None, "texts": texts,
                     "lineage": None if lineage is None else {
                         "source_asset_id": lineage.source_asset_id, "prompt": lineage.prompt,
                         "model": lineage.model, "seed": lineage.seed, "params": lineage.params}}
@@ -164,7 +142,9 @@ class CatalogMixin:
             if row is None or row.media != "image":
                 raise ValueError(f"no image asset with id {asset_id!r}")
             uri = row.uri
-        return _jpeg(uri, size)
+        from ingest.media import thumbnail_jpeg
+
+        return thumbnail_jpeg(uri, size, self.svc.settings.max_image_pixels)
 
     # -- embedding map ---------------------------------------------------------------------------------------
 
@@ -201,7 +181,7 @@ class CatalogMixin:
         xy, explained = _pca2([vectors[r[4]] for r in rows])
         points = [{"id": aid, "x": float(x), "y": float(y), "caption": captions.get(aid) or Path(uri).stem,
                    "path": uri, "near_dup_group": group or aid, "synthetic": bool(synthetic),
-                   "thumbnail": _data_url(uri, thumb_size)}
+                   "thumbnail": _data_url(uri, thumb_size, self.svc.settings.max_image_pixels)}
                   for (aid, uri, group, synthetic, _), (x, y) in zip(rows, xy)]
         return {"collection": collection, "points": points, "total": int(total or 0), "capped": total > len(rows),
                 "explained": explained}
@@ -222,33 +202,10 @@ def _pca2(vectors: list[np.ndarray]) -> tuple[np.ndarray, list[float]]:
     return xy, [round(float(v**2) / var, 4) for v in s2]
 
 
-def _plain_name(raw: str) -> str:
-    """A safe file name: folders and '..' refused, other characters replaced."""
-    if not raw or any(c in raw for c in ("/", "\\", "\x00")) or raw.strip(".") == "":
-        raise ValueError(f"file name {raw!r}: give a plain file name, without folders or '..'")
-    name = re.sub(r"[^A-Za-z0-9._-]+", "_", raw).lstrip("._-")
-    stem, dot, ext = name.rpartition(".")
-    if not dot or not stem:
-        raise ValueError(f"file name {raw!r} has no extension; use .jpg, .png, .webp, ...")
-    return f"{stem[:MAX_UPLOAD_NAME]}.{ext.lower()}"
+def _data_url(path: str, size: int, max_pixels: int) -> str | None:
+    from ingest.media import thumbnail_jpeg
 
-
-def _jpeg(path: str, size: int) -> bytes:
-    with Image.open(path) as im:
-        im.draft("RGB", (size, size))  # JPEGs decode at a reduced scale: fast for big photos
-        im.thumbnail((size, size))
-        if im.mode in ("RGBA", "LA", "P"):
-            im = im.convert("RGBA")
-            background = Image.new("RGB", im.size, "white")
-            background.paste(im, mask=im.getchannel("A"))
-            im = background
-        out = io.BytesIO()
-        im.convert("RGB").save(out, "JPEG", quality=80)
-    return out.getvalue()
-
-
-def _data_url(path: str, size: int) -> str | None:
     try:
-        return "data:image/jpeg;base64," + base64.b64encode(_jpeg(path, size)).decode()
-    except OSError:  # the file is gone or unreadable: the point is drawn without a picture
+        return "data:image/jpeg;base64," + base64.b64encode(thumbnail_jpeg(path, size, max_pixels, 80)).decode()
+    except (OSError, ValueError):  # the file is gone or unreadable: the point is drawn without a picture
         return None

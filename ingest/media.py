@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import codecs
 import hashlib
+import io
+import re
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -124,6 +126,39 @@ def _check_file_size(path: Path, max_bytes: int) -> None:
     if size > max_bytes:
         raise MediaError(f"{path.name}: the file is {_mb(size)}, over the {_mb(max_bytes)} limit "
                          "(OMNIBRIDGE_MAX_FILE_MB)")
+
+
+def upload_name(filename: str | None, max_stem: int = 120) -> str:
+    """A safe file name for an uploaded image: refused (MediaError) if it is empty, names a folder, climbs out of
+    one or is not an image name; else other characters become '_' and the extension lower case."""
+    raw = filename or ""
+    if not raw.strip():
+        raise MediaError("file: the upload has no file name; send it as multipart form data with a filename")
+    if any(c in raw for c in ("/", "\\", "\x00")) or raw.strip(".") == "":
+        raise MediaError(f"file {raw!r}: the name must be a plain file name, without folders or '..'")
+    name = re.sub(r"[^A-Za-z0-9._-]+", "_", raw).lstrip("._-")
+    stem, dot, ext = name.rpartition(".")
+    if not dot or not stem or media_kind(name) != "image":
+        raise MediaError(f"file {raw!r}: not an image file name; upload one of {', '.join(sorted(IMAGE_EXTENSIONS))}")
+    return f"{stem[:max_stem]}.{ext.lower()}"
+
+
+def thumbnail_jpeg(uri: str | Path, size: int, max_pixels: int, quality: int = 85) -> bytes:
+    """A JPEG of the image, at most size x size, upright and over white like `load_image`; JPEGs decode at a
+    reduced scale (fast for big photos), and no hash is computed. Larger images than max_pixels are refused."""
+    try:
+        with Image.open(uri) as im:
+            if im.width * im.height > max_pixels:
+                raise MediaError(f"{uri}: {im.width}x{im.height} pixels is over the limit of {max_pixels} "
+                                 "(OMNIBRIDGE_MAX_IMAGE_PIXELS)")
+            im.draft("RGB", (size, size))
+            rgb = _to_rgb(ImageOps.exif_transpose(im))
+    except (UnidentifiedImageError, Image.DecompressionBombError, SyntaxError) as e:
+        raise MediaError(f"{uri}: not a readable image ({e})") from None
+    rgb.thumbnail((size, size))
+    out = io.BytesIO()
+    rgb.save(out, "JPEG", quality=quality)
+    return out.getvalue()
 
 
 def _to_rgb(im: Image.Image) -> Image.Image:

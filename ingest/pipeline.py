@@ -271,23 +271,22 @@ def embed(svc: Services, job_id: int, asset_ids: list[int]) -> dict[str, int]:
             except (MediaError, OSError) as e:
                 failed.append((a, str(e)))
         db.commit()  # texts get their final ids before any point is written, so a redo reuses the same point ids
-        texts = list(db.scalars(select(Text).where(Text.asset_id.in_([a.id for a in assets]),
-                                                   Text.kind.in_(EMBEDDED_TEXT_KINDS)).order_by(Text.id)))
         ok_ids = {a.id for a in assets} - {a.id for a, _ in failed}
-        texts = [t for t in texts if t.asset_id in ok_ids]
-        by_id = {a.id: a for a in assets}
+        every = list(db.scalars(select(Text).where(Text.asset_id.in_(ok_ids)).order_by(Text.id)))
+        texts = [t for t in every if t.kind in EMBEDDED_TEXT_KINDS]
         words: dict[int, list[str]] = {}  # asset id -> every text about it, for keyword search
-        for t in db.scalars(select(Text).where(Text.asset_id.in_(ok_ids)).order_by(Text.id)):
+        for t in every:
             words.setdefault(t.asset_id, []).append(t.content)
+        by_id = {a.id: a for a in assets}
         ids, vecs, payloads, terms, rows = [], [], [], [], []
         if images:
             v = svc.model.encode_images(images, role="document", batch_size=s.batch_size)  # (n, dim)
             for a, vec in zip(image_assets, v):
                 pid = point_id("image", a.id)
                 p = _payload(a, collection, "image", texts)
-                p["keywords"] = keyword_text(words.get(a.id, []))[:MAX_TEXT_PAYLOAD]
-                ids.append(pid), vecs.append(vec), payloads.append(p)
-                terms.append(document_terms(keyword_text(words.get(a.id, []))))
+                text = keyword_text(words.get(a.id, []))
+                p["keywords"] = text[:MAX_TEXT_PAYLOAD]
+                ids.append(pid), vecs.append(vec), payloads.append(p), terms.append(document_terms(text))
                 rows.append(Vector(model_id=model_id, asset_id=a.id, point_id=pid, kind="image"))
         if texts:
             v = svc.model.encode_texts([t.content for t in texts], role="document")

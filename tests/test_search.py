@@ -106,7 +106,7 @@ def test_scores_rank_hits_and_pages_do_not_overlap(engine):
     assert [h["id"] for p in pages for h in p] == [h["id"] for h in every]
 
 
-def test_image_to_text_and_text_to_text(engine, photos):
+def test_image_to_text_and_text_to_text(engine, photos):  # noqa: F811
     coffee = photos.parent / "images" / "coffee.png"
     texts = engine.search(image=coffee, target="texts", collection="photos", min_relevance=0, k=5)
     assert texts["target"] == "texts" and texts["hits"]

@@ -5,17 +5,15 @@ Files are served only from inside the data directory or the asset's collection r
 
 from __future__ import annotations
 
-import io
 from pathlib import Path
 from typing import Annotated
 
 from fastapi import APIRouter, HTTPException, Query
 from fastapi.responses import FileResponse, Response
-from sqlalchemy import select
 
-from engine.db import Asset, Collection, Text
+from engine.db import Asset, Collection
 from engine.services import Services
-from ingest.media import load_image
+from ingest.media import thumbnail_jpeg
 
 from .auth import READ, PrincipalDep
 from .deps import AssetId, EngineDep, load_asset
@@ -38,18 +36,10 @@ def served_path(svc: Services, asset: Asset, collection: Collection) -> Path:
 
 @router.get("/{asset_id}")
 def asset(asset_id: AssetId, engine: EngineDep, principal: PrincipalDep) -> dict:
-    """Metadata of an asset and its texts (captions, tags, OCR, ...)."""
-    row, coll = load_asset(engine.svc, asset_id)
+    """Metadata of an asset, its texts (captions, tags, OCR, ...) and its lineage when it was generated."""
+    _, coll = load_asset(engine.svc, asset_id)
     principal.require(coll.name, READ)
-    with engine.svc.session() as db:
-        texts: dict[str, list[str]] = {}
-        for t in db.scalars(select(Text).where(Text.asset_id == asset_id).order_by(Text.id)):
-            texts.setdefault(t.kind, []).append(t.content)
-    return {"id": row.id, "collection": coll.name, "path": row.uri, "media": row.media, "status": row.status,
-            "error": row.error, "format": row.format, "width": row.width, "height": row.height, "bytes": row.bytes,
-            "sha256": row.sha256, "duplicate_of": row.duplicate_of, "near_dup_group": row.near_dup_group,
-            "synthetic": row.synthetic, "job_id": row.job_id, "texts": texts,
-            "created_at": row.created_at.isoformat() if row.created_at else None}
+    return engine.asset_info(asset_id)
 
 
 @router.get("/{asset_id}/thumbnail", response_class=Response,
@@ -60,13 +50,8 @@ def thumbnail(asset_id: AssetId, engine: EngineDep, principal: PrincipalDep,
     principal.require(coll.name, READ)
     if row.media != "image":
         raise HTTPException(404, f"asset {asset_id} is a text document; it has no thumbnail")
-    s = engine.svc.settings
-    image = load_image(served_path(engine.svc, row, coll), max_pixels=s.max_image_pixels,
-                       max_bytes=s.max_file_bytes).image
-    image.thumbnail((size, size))
-    out = io.BytesIO()
-    image.save(out, "JPEG", quality=85)
-    return Response(out.getvalue(), media_type="image/jpeg", headers={"Cache-Control": "private, max-age=3600"})
+    data = thumbnail_jpeg(served_path(engine.svc, row, coll), size, engine.svc.settings.max_image_pixels)
+    return Response(data, media_type="image/jpeg", headers={"Cache-Control": "private, max-age=3600"})
 
 
 @router.get("/{asset_id}/original", response_class=FileResponse,

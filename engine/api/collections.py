@@ -18,7 +18,6 @@ from ingest import pipeline
 
 from .auth import ALL, READ, WRITE, Principal, PrincipalDep
 from .deps import CollectionName, EngineDep, ServicesDep, find_collection
-from .uploads import save_upload
 
 router = APIRouter(prefix="/collections", tags=["collections"])
 
@@ -72,22 +71,14 @@ def ingest(name: CollectionName, body: IngestRequest, svc: ServicesDep, principa
 
 @router.post("/{name}/upload", status_code=202)
 def upload(name: CollectionName, files: Annotated[list[UploadFile], File(description="images")],
-           svc: ServicesDep, principal: PrincipalDep, request: Request,
-           ocr: Annotated[bool, Form()] = False) -> dict:
-    """Store uploaded images in the data directory and start a job over them; poll GET /jobs/{id}."""
+           engine: EngineDep, principal: PrincipalDep, ocr: Annotated[bool, Form()] = False) -> dict:
+    """Store uploaded images in the data directory and start a job over them; poll GET /jobs/{id}.
+    One refused file refuses the whole request, and none of its files are kept."""
     principal.require(name, WRITE)
     if not files or len(files) > MAX_FILES:
         raise HTTPException(400, f"files: give 1..{MAX_FILES} images, got {len(files)}")
-    folder = svc.settings.media_dir / "uploads" / name
-    created: list[Path] = []
-    try:
-        stored = list(dict.fromkeys(str(save_upload(f, folder, svc.settings, created)) for f in files))
-        job_id = request.app.state.ingest.start(stored, name, ocr=ocr)
-    except Exception:  # one bad file refuses the whole request: keep none of its files
-        for path in created:
-            path.unlink(missing_ok=True)
-        raise
-    return pipeline.job_summary(svc, job_id)
+    job_id = engine.ingest_uploads(name, [(f.filename, f.file) for f in files], ocr=ocr)
+    return pipeline.job_summary(engine.svc, job_id)
 
 
 def _checked_path(svc: Services, principal: Principal, collection: str, raw: str, field: str) -> str:

@@ -7,12 +7,12 @@ from typing import Annotated
 from fastapi import Depends, HTTPException, Path, Request
 from sqlalchemy import select
 
+from engine.catalog import COLLECTION_NAME
 from engine.db import Asset, Collection
 from engine.engine import Engine
 from engine.services import Services
 
 MAX_ID = 2**63 - 1  # ids are SQL BIGINT-safe; larger numbers are refused as malformed (422), not looked up
-COLLECTION_NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"  # also a safe folder name for uploads
 
 
 def get_engine(request: Request) -> Engine:

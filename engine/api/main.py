@@ -19,9 +19,9 @@ from engine.generate import GeneratorUnavailable
 from engine.qdrant_store import QdrantUnavailable
 from engine.services import Services
 from engine.shared_store import StoreUnavailable
+from ingest.uploads import UploadTooLarge
 
 from . import answer, assets, collections, generate, health, jobs, search
-from .background import IngestRunner
 from .limits import RequestSizeLimit
 
 
@@ -39,13 +39,14 @@ def create_app(services: Services | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         yield
-        app.state.ingest.close()
+        engine.ingest_runner.close()
 
     app = FastAPI(title="OmniBridge Search", summary="Multimodal image search: find, answer, generate similar.",
                   lifespan=lifespan)
     app.state.engine = engine
-    app.state.ingest = IngestRunner(engine.svc)
+    app.state.ingest = engine.ingest_runner  # jobs start where the Engine starts them (ingest.runner)
     app.add_exception_handler(ValueError, _status(400))  # MediaError, SourceError, Engine checks: name the value
+    app.add_exception_handler(UploadTooLarge, _status(413))
     app.add_exception_handler(GeneratorUnavailable, _status(503))
     for unavailable in (StoreUnavailable, QdrantUnavailable, DatabaseError):
         app.add_exception_handler(unavailable, _status(503))

@@ -1,12 +1,12 @@
-"""Ingestion jobs started by the API: in this process on one background thread (the embedded default), or queued
-to the Celery workers when a real broker is configured. Either way the job's state lives in SQL (GET /jobs/{id})."""
+"""Ingestion jobs started by the Engine (API, UI): in this process on one background thread (the embedded default),
+or queued to the Celery workers when a real broker is configured. Either way the job's state lives in SQL."""
 
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
 
 from engine.services import Services
-from ingest import pipeline
+from . import pipeline
 
 
 class IngestRunner:
@@ -18,10 +18,10 @@ class IngestRunner:
 
     def start(self, paths: list[str], collection: str, ocr: bool = False) -> int:
         if not self.svc.settings.embedded_broker:
-            from ingest.worker import submit
+            from .worker import submit
 
             return submit(paths, collection, ocr=ocr)
-        job_id = pipeline.create_job(self.svc, paths, collection, ocr=ocr)  # a bad source fails here, as a 400
+        job_id = pipeline.create_job(self.svc, paths, collection, ocr=ocr)  # a bad source raises here (ValueError)
         if self._pool is None:
             self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="omnibridge-ingest")
         self._pool.submit(pipeline.run_job, self.svc, job_id)
