@@ -20,6 +20,7 @@ from typing import BinaryIO
 import numpy as np
 from sqlalchemy import func, select
 
+from .access import check_ingest_paths, collection_sources, served_file, upload_folder
 from .db import Asset, Collection, GeneratedAsset, Text, Vector
 
 COLLECTION_NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"  # also a safe folder name (uploads go to media/uploads/NAME)
@@ -69,7 +70,12 @@ class CatalogMixin:
                 self._runner = IngestRunner(self.svc)
             return self._runner
 
-    def start_ingest(self, collection: str, paths: list[str], ocr: bool = False) -> int:
+    def start_background(self) -> None:
+        """What a long-running process (API, UI) does besides answering: resume ingest jobs a killed process left
+        and keep resuming stalled ones (embedded broker; workers do it themselves). Idempotent."""
+        self.ingest_runner.start_recovery()
+
+    def start_ingest(self, collection: str, paths: list[str], ocr: bool = False, confine: list[str] | None = None) -> int:
         """Start a job over folders, files or PAIRS.jsonl (a bad path raises ValueError now); returns its id.
 
         Embedded broker: one job at a time on a background thread of this process; else queued to the workers."""
@@ -77,13 +83,25 @@ class CatalogMixin:
         paths = [str(p).strip() for p in paths if str(p).strip()]
         if not paths:
             raise ValueError("give at least one folder or file to ingest")
-        return self.ingest_runner.start(paths, collection, ocr=ocr)
+        return self.ingest_runner.start(paths, collection, ocr=ocr, confine=confine)
+
+    def ingest_server_paths(self, collection: str, paths: list[str], ocr: bool = False,
+                            everywhere: bool = False) -> int:
+        """Start a job over server paths for a caller of the API or UI, under the path policy (engine.access):
+        library roots and the collection's own uploads only, never another collection's files. The job follows no
+        symlink out of the given folders. everywhere: the caller has write access to every collection."""
+        check_collection_name(collection)
+        with self.svc.session() as db:
+            allowed = check_ingest_paths(db, self.svc.settings, collection, [str(p) for p in paths], everywhere)
+        confine = [str(Path(p).parent) if p.lower().endswith(".jsonl") else p for p in allowed]
+        return self.start_ingest(collection, allowed, ocr=ocr, confine=confine)
 
     def ingest_uploads(self, collection: str, files: list[tuple[str, bytes | BinaryIO]], ocr: bool = False) -> int:
         """Store uploaded images under HOME/media/uploads/COLLECTION (ingest.uploads.store_upload) and start a job.
 
-        A file that is refused (name, size, not a readable image) fails the whole batch, naming it; then none of
-        the batch's new files are kept."""
+        A refused file (bad name, too large, not a readable image) never stops the others: it is listed with its
+        reason among the job's errors. Only when every file is refused does this raise, naming each one."""
+        from ingest.media import MediaError
         from ingest.uploads import store_upload
 
         check_collection_name(collection)
@@ -91,16 +109,20 @@ class CatalogMixin:
             raise ValueError("choose at least one image to upload")
         s = self.svc.settings
         folder = s.media_dir / "uploads" / collection
-        created: list[Path] = []
-        try:
-            stored = [str(store_upload(io.BytesIO(data) if isinstance(data, bytes) else data, name, folder,
-                                       s.max_file_bytes, s.max_image_pixels, created).resolve())
-                      for name, data in files]
-            return self.start_ingest(collection, list(dict.fromkeys(stored)), ocr=ocr)
-        except Exception:
-            for path in created:
-                path.unlink(missing_ok=True)
-            raise
+        stored, refused, errors = [], [], []
+        for name, data in files:
+            try:
+                path = store_upload(io.BytesIO(data) if isinstance(data, bytes) else data, name, folder,
+                                    s.max_file_bytes, s.max_image_pixels)
+                stored.append(str(path.resolve()))
+            except MediaError as e:
+                errors.append(e)
+                refused.append({"path": str(name)[:255], "error": str(e)})
+        if not stored:  # nothing to ingest: the refusal itself (all too large: UploadTooLarge, 413 in the API)
+            kind = type(errors[0]) if all(type(e) is type(errors[0]) for e in errors) else MediaError
+            raise kind("; ".join(map(str, errors)))
+        return self.ingest_runner.start(list(dict.fromkeys(stored)), collection, ocr=ocr, refused=refused,
+                                        confine=[str(folder.resolve())])
 
     def job(self, job_id: int) -> dict:
         """A job's status, counters and its failed files (path and reason)."""
@@ -141,10 +163,13 @@ class CatalogMixin:
             row = db.get(Asset, asset_id) if isinstance(asset_id, int) else None
             if row is None or row.media != "image":
                 raise ValueError(f"no image asset with id {asset_id!r}")
-            uri = row.uri
+            coll = db.get(Collection, row.collection_id)
+            path = served_file(db, self.svc.settings, row.uri, coll)  # FileNotFoundError when gone
+            if path is None:
+                raise ValueError(f"asset {asset_id}: its file lies outside the folders its collection ingested")
         from ingest.media import thumbnail_jpeg
 
-        return thumbnail_jpeg(uri, size, self.svc.settings.max_image_pixels)
+        return thumbnail_jpeg(path, size, self.svc.settings.max_image_pixels)
 
     # -- embedding map ---------------------------------------------------------------------------------------
 
@@ -179,9 +204,12 @@ class CatalogMixin:
                     vectors[pid] = np.asarray(vec, dtype=np.float32)
         rows = [r for r in rows if r[4] in vectors]
         xy, explained = _pca2([vectors[r[4]] for r in rows])
+        with self.svc.session() as db:  # a picture only for files the collection may serve (engine.access)
+            coll = db.get(Collection, coll.id)
+            sources = collection_sources(db, coll) + [upload_folder(self.svc.settings, coll.name)]
         points = [{"id": aid, "x": float(x), "y": float(y), "caption": captions.get(aid) or Path(uri).stem,
                    "path": uri, "near_dup_group": group or aid, "synthetic": bool(synthetic),
-                   "thumbnail": _data_url(uri, thumb_size, self.svc.settings.max_image_pixels)}
+                   "thumbnail": _data_url(uri, thumb_size, self.svc.settings.max_image_pixels, sources)}
                   for (aid, uri, group, synthetic, _), (x, y) in zip(rows, xy)]
         return {"collection": collection, "points": points, "total": int(total or 0), "capped": total > len(rows),
                 "explained": explained}
@@ -202,10 +230,13 @@ def _pca2(vectors: list[np.ndarray]) -> tuple[np.ndarray, list[float]]:
     return xy, [round(float(v**2) / var, 4) for v in s2]
 
 
-def _data_url(path: str, size: int, max_pixels: int) -> str | None:
+def _data_url(path: str, size: int, max_pixels: int, sources: list[Path]) -> str | None:
     from ingest.media import thumbnail_jpeg
 
     try:
+        real = Path(path).resolve(strict=True)
+        if not any(real == src or real.is_relative_to(src) for src in sources):
+            return None  # e.g. a symlink out of the collection's folders: drawn without a picture, as /thumbnail
         return "data:image/jpeg;base64," + base64.b64encode(thumbnail_jpeg(path, size, max_pixels, 80)).decode()
     except (OSError, ValueError):  # the file is gone or unreadable: the point is drawn without a picture
         return None

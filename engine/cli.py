@@ -502,9 +502,11 @@ def serve(
     """Run the HTTP API (OpenAPI at /docs); every call but /health needs a key from `omnibridge keys create`."""
     import uvicorn
 
+    from engine.api.limits import SERVER_LIMITS
+
     settings = get_settings()
     uvicorn.run("engine.api.main:create_app", factory=True, host=host or settings.api_host,
-                port=port or settings.api_port, log_level="info")
+                port=port or settings.api_port, log_level="info", **SERVER_LIMITS)
 
 
 @app.command("worker")

@@ -174,6 +174,7 @@ class Asset(Base):
     media: Mapped[str] = mapped_column(String(8))
     sha256: Mapped[str | None] = mapped_column(String(64), index=True)
     phash: Mapped[str | None] = mapped_column(String(16))  # perceptual hash, 16 hex digits (64 bits)
+    colour: Mapped[str | None] = mapped_column(String(24))  # mean RGB of the 2x2 quarters, 24 hex digits
     bytes: Mapped[int | None] = mapped_column(BigInteger)
     width: Mapped[int | None]
     height: Mapped[int | None]

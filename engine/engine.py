@@ -68,11 +68,11 @@ def store_filter(filters: dict) -> dict:
         elif key in ("since", "until"):
             try:
                 when = datetime.fromisoformat(str(value))
-            except ValueError:
+                if key == "until" and len(str(value)) == 10:  # a whole day: up to the end of it
+                    when = when + timedelta(days=1) if when.date() < datetime.max.date() else datetime.max
+                stamp = (when if when.tzinfo else when.replace(tzinfo=timezone.utc)).timestamp()
+            except (ValueError, OverflowError, OSError):  # not a date, or one past what a timestamp holds
                 raise ValueError(f"filter {key!r} takes an ISO date like 2024-05-31, got {value!r}") from None
-            if key == "until" and len(str(value)) == 10:  # a whole day: up to the end of it
-                when += timedelta(days=1)
-            stamp = (when if when.tzinfo else when.replace(tzinfo=timezone.utc)).timestamp()
             out.setdefault("mtime", {})["gte" if key == "since" else "lt"] = stamp
         else:
             raise ValueError(f"unknown filter {key!r}; use format, tags, min_width, min_height, since, until")

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import httpx
 
+from .api.limits import SERVER_LIMITS
 from .settings import Settings
 
 UI_APP = Path(__file__).resolve().parents[1] / "ui" / "app.py"
@@ -44,7 +45,9 @@ class Child:
 
 def api_command(host: str, port: int) -> list[str]:
     return [sys.executable, "-m", "uvicorn", "engine.api.main:create_app", "--factory", "--host", host,
-            "--port", str(port), "--log-level", "warning"]
+            "--port", str(port), "--log-level", "warning",
+            "--h11-max-incomplete-event-size", str(SERVER_LIMITS["h11_max_incomplete_event_size"]),
+            "--timeout-keep-alive", str(SERVER_LIMITS["timeout_keep_alive"])]
 
 
 def ui_command(host: str, port: int) -> list[str]:

@@ -7,11 +7,14 @@ Production: OMNIBRIDGE_DATABASE_URL=postgresql://..., OMNIBRIDGE_BROKER_URL=redi
 
 from __future__ import annotations
 
+import os
 from functools import lru_cache
 from pathlib import Path
 
+from typing import Annotated
+
 from pydantic import Field, ValidationError, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 PREFIX = "OMNIBRIDGE_"
 EMBEDDED = "embedded"
@@ -49,6 +52,22 @@ class Settings(BaseSettings):
     max_image_pixels: int = Field(default=100_000_000, ge=1, description="larger images are rejected (bomb guard)")
     max_file_mb: float = Field(default=200.0, gt=0, description="larger files are rejected")
     max_request_mb: float = Field(default=1024.0, gt=0, description="larger API request bodies are refused (413)")
+    library_roots: Annotated[list[Path], NoDecode] = Field(
+        default_factory=list, description="server folders the API may ingest from (':' or ',' separated); empty = "
+                                          "uploads only")
+    job_stale_seconds: float = Field(default=30.0, ge=1, le=86_400,
+                                     description="a job nobody has worked on this long is resumed by a live process")
+    request_timeout: float = Field(default=15.0, gt=0, le=3600,
+                                   description="seconds the API waits for the next piece of a request body (408)")
+
+    @field_validator("library_roots", mode="before")
+    @classmethod
+    def _library_roots(cls, v):
+        roots = [Path(p) for p in (_split_roots(v) if isinstance(v, str) else v or [])]
+        relative = [str(p) for p in roots if not p.is_absolute()]
+        if relative:
+            raise ValueError(f"{', '.join(relative)}: library roots must be absolute folders like /library")
+        return roots
 
     @field_validator("device")
     @classmethod
@@ -127,6 +146,11 @@ class Settings(BaseSettings):
     def media_dir(self) -> Path:
         """Uploaded and generated files are stored here."""
         return self.home / "media"
+
+
+def _split_roots(value: str) -> list[str]:
+    """Folders separated by the system's path separator (':') or commas."""
+    return [p.strip() for chunk in value.split(os.pathsep) for p in chunk.split(",") if p.strip()]
 
 
 def load_settings(**overrides) -> Settings:

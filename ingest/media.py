@@ -37,6 +37,7 @@ class ImageInfo:
     height: int
     format: str  # the content's format as Pillow reads it: "JPEG", "PNG", "GIF", "WEBP", "BMP", "TIFF"
     phash: str  # 64-bit perceptual hash as 16 hex digits
+    colour: str  # mean RGB of each quarter (2x2), 12 bytes as 24 hex digits: phash is blind to colour
     alt: str | None  # description from the file's metadata, if any
 
 
@@ -80,7 +81,18 @@ def load_image(uri: str | Path, max_pixels: int, max_bytes: int) -> ImageInfo:
     except Exception as e:  # Pillow's decoders report bad data as OSError, SyntaxError, ValueError, EOFError, ...
         raise MediaError(f"{name}: the image data is truncated or corrupt; re-export the file "
                          f"({type(e).__name__}: {e})") from None
-    return ImageInfo(rgb, rgb.width, rgb.height, fmt, str(imagehash.phash(rgb)), alt)
+    return ImageInfo(rgb, rgb.width, rgb.height, fmt, str(imagehash.phash(rgb)), colour_signature(rgb), alt)
+
+
+def colour_signature(rgb: Image.Image) -> str:
+    """The mean colour of each quarter of the image, as 24 hex digits (2x2 cells x RGB, one byte each)."""
+    return rgb.resize((2, 2), Image.Resampling.BOX).tobytes().hex()
+
+
+def colour_distance(a: str, b: str) -> float:
+    """Mean absolute difference of two colour signatures, in 0..255 per channel."""
+    return float(np.abs(np.frombuffer(bytes.fromhex(a), np.uint8).astype(np.int16)
+                        - np.frombuffer(bytes.fromhex(b), np.uint8).astype(np.int16)).mean())
 
 
 def load_text(uri: str | Path, max_bytes: int) -> str:

@@ -11,7 +11,10 @@ from __future__ import annotations
 import json
 import logging
 import os
+import threading
+from contextlib import contextmanager
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 
 import numpy as np
@@ -27,7 +30,8 @@ from .media import MediaError, load_image, load_text, media_kind, ocr_image, sha
 log = logging.getLogger(__name__)
 
 EMBEDDED_TEXT_KINDS = ("caption", "alt", "ocr", "document")  # texts that get their own text vector
-NEAR_DUP_BITS = 6  # perceptual hashes within this Hamming distance (of 64 bits) are near-duplicates
+NEAR_DUP_BITS = 6  # perceptual hashes within this Hamming distance (of 64 bits) are near-duplicates...
+NEAR_DUP_COLOUR = 12.0  # ...if their quarters' mean colours also differ by at most this much (0..255, mean abs)
 MAX_TEXT_PAYLOAD = 2000
 
 
@@ -52,8 +56,13 @@ def read_source(paths: list[str]) -> tuple[list[Item], list[Path]]:
     items: dict[Path, Item] = {}
     roots: list[Path] = []
     for raw in paths:
-        p = Path(raw).expanduser().resolve()
-        if not p.exists():
+        try:
+            p = Path(raw).expanduser().resolve()
+            exists = p.exists()
+        except (OSError, RuntimeError) as e:  # a name too long for the file system, a symlink loop
+            raise SourceError(f"{str(raw)[:200]}: cannot be read ({getattr(e, 'strerror', None) or e}); "
+                              "check the path") from None
+        if not exists:
             raise SourceError(f"{raw}: no such file or folder; give a folder, an image or text file, or a PAIRS.jsonl")
         if p.is_dir():
             roots.append(p)
@@ -97,8 +106,12 @@ def _read_pairs(path: Path) -> list[Item]:
 
 # -- jobs ------------------------------------------------------------------------------------------------------
 
-def create_job(svc: Services, paths: list[str], collection: str, ocr: bool = False, synthetic: bool = False) -> int:
-    """Register a job (and its collection); the source is checked now so a typo fails before anything runs."""
+def create_job(svc: Services, paths: list[str], collection: str, ocr: bool = False, synthetic: bool = False,
+               refused: list[dict] | None = None, confine: list[str] | None = None) -> int:
+    """Register a job (and its collection); the source is checked now so a typo fails before anything runs.
+
+    refused: files turned away before the job (uploads that are not images), listed among its errors.
+    confine: folders the job's files must really lie in (symlinks resolved); a link out of them is refused."""
     read_source(paths)
     with svc.session() as db:
         coll = db.scalar(select(Collection).where(Collection.name == collection))
@@ -108,8 +121,10 @@ def create_job(svc: Services, paths: list[str], collection: str, ocr: bool = Fal
             db.add(coll)
             db.flush()
         source = paths[0] if len(paths) == 1 else f"{paths[0]} (+{len(paths) - 1} more)"
-        job = Job(collection_id=coll.id, source=source,
-                  options={"paths": list(paths), "ocr": ocr, "synthetic": synthetic})
+        options = {"paths": list(paths), "ocr": ocr, "synthetic": synthetic, "refused": list(refused or [])}
+        if confine is not None:
+            options["confine"] = [str(Path(c).resolve()) for c in confine]
+        job = Job(collection_id=coll.id, source=source, options=options, failed=len(options["refused"]))
         db.add(job)
         db.commit()
         return job.id
@@ -126,12 +141,15 @@ def scan(svc: Services, job_id: int) -> list[int]:
         job.status, job.started_at = "scanning", job.started_at or utcnow()
         db.commit()
         items, roots = read_source(job.options["paths"])
+        refused = [r for r in job.options.get("refused", []) if r.get("stage") != "scan"]
+        items, escaped = _confined(items, job.options.get("confine"))
+        refused += escaped
         cid = job.collection_id
         model_id = svc.model_row()[0]
         in_space = set(db.scalars(select(Vector.asset_id).where(Vector.model_id == model_id).distinct()))
         existing = {a.uri: a for a in db.scalars(select(Asset).where(Asset.collection_id == cid))}
         by_sha = {a.sha256: a for a in existing.values() if a.status in ("indexed", "pending") and a.sha256}
-        seen = skipped = duplicates = failed = 0
+        seen, skipped, duplicates, failed = len(refused), 0, 0, len(refused)
         for item in items:
             seen += 1
             uri = str(item.path)
@@ -180,10 +198,27 @@ def scan(svc: Services, job_id: int) -> list[int]:
                                   .order_by(Asset.id)))
         db.execute(update(Asset).where(Asset.collection_id == cid, Asset.status == "pending").values(job_id=job_id))
         job.seen, job.skipped, job.duplicates, job.failed, job.indexed = seen, skipped, duplicates, failed, 0
-        job.options = {**job.options, "queued": len(pending), "removed": removed, "scan_failed": failed}
+        job.options = {**job.options, "queued": len(pending), "removed": removed, "scan_failed": failed,
+                       "refused": refused}
         job.status = "running"
         db.commit()
         return pending
+
+
+def _confined(items: list[Item], folders: list[str] | None) -> tuple[list[Item], list[dict]]:
+    """Items whose real file (symlinks resolved) lies in `folders`, and refusals for those that link out."""
+    if folders is None:
+        return items, []
+    roots = [Path(f) for f in folders]
+    kept, refused = [], []
+    for item in items:
+        real = item.path.resolve()
+        if any(real.is_relative_to(r) for r in roots):
+            kept.append(item)
+        else:
+            refused.append({"path": str(item.path), "stage": "scan",
+                            "error": "a link to a file outside the folders this key may ingest; not indexed"})
+    return kept, refused
 
 
 def _attach_captions(db, asset: Asset, captions: list[str], tags: list[str] = ()) -> None:
@@ -256,6 +291,7 @@ def embed(svc: Services, job_id: int, asset_ids: list[int]) -> dict[str, int]:
                 if a.media == "image":
                     info = load_image(a.uri, max_pixels=s.max_image_pixels, max_bytes=s.max_file_bytes)
                     a.width, a.height, a.format, a.phash = info.width, info.height, info.format, info.phash
+                    a.colour = info.colour
                     _set_text(db, a, "filename", _filename_text(a.uri))
                     if info.alt:
                         _set_text(db, a, "alt", info.alt)
@@ -371,16 +407,21 @@ def try_finalize(svc: Services, job_id: int) -> bool:
 
 
 def group_near_duplicates(svc: Services, db, collection_id: int, chunk: int = 128) -> int:
-    """Union images whose perceptual hashes differ in <= NEAR_DUP_BITS bits; group id = smallest asset id.
+    """Union images whose perceptual hashes differ in <= NEAR_DUP_BITS bits and whose colours (engine: the mean
+    colour of each quarter) differ by <= NEAR_DUP_COLOUR: the hash alone is blind to colour, so flat squares of any
+    colour would be one group. Group id = smallest asset id. Images indexed before colours were recorded compare by
+    hash alone.
 
     Recomputed over the whole collection (a changed file may leave its group): n^2/chunk XOR + popcount passes of
     (chunk, n) uint64, about 100 MB and seconds at 100k images."""
-    rows = db.execute(select(Asset.id, Asset.phash, Asset.near_dup_group).where(
+    rows = db.execute(select(Asset.id, Asset.phash, Asset.near_dup_group, Asset.colour).where(
         Asset.collection_id == collection_id, Asset.status == "indexed", Asset.phash.is_not(None)).order_by(Asset.id)).all()
     if not rows:
         return 0
     ids = np.array([r[0] for r in rows])
     hashes = np.array([int(r[1], 16) for r in rows], dtype=np.uint64)  # (n,) 64-bit perceptual hashes
+    colours = np.array([np.frombuffer(bytes.fromhex(r[3]), np.uint8) if r[3] else np.full(12, -1)
+                        for r in rows], dtype=np.int16)  # (n, 12) quarter colours; -1: not recorded
     parent = np.arange(len(rows))
 
     def find(i: int) -> int:
@@ -389,15 +430,20 @@ def group_near_duplicates(svc: Services, db, collection_id: int, chunk: int = 12
             i = parent[i]
         return int(i)
 
+    def same_colours(i: int, j: int) -> bool:
+        if colours[i, 0] < 0 or colours[j, 0] < 0:
+            return True
+        return float(np.abs(colours[i] - colours[j]).mean()) <= NEAR_DUP_COLOUR
+
     for start in range(0, len(rows), chunk):
         d = np.bitwise_count(hashes[start:start + chunk, None] ^ hashes[None, :])  # (chunk, n) Hamming distances
         for i, j in zip(*np.nonzero(d <= NEAR_DUP_BITS)):
             a, b = find(start + i), find(j)
-            if a != b:
+            if a != b and same_colours(start + i, j):
                 parent[max(a, b)] = min(a, b)
     changed: dict[int, list[int]] = {}  # new group -> members whose group changed in SQL
     stale: dict[int, list[int]] = {}  # new group -> members whose payload says otherwise
-    for k, (asset_id, _, old) in enumerate(rows):
+    for k, (asset_id, _, old, _) in enumerate(rows):
         group = int(ids[find(k)])
         if old != group:
             changed.setdefault(group, []).append(int(asset_id))
@@ -413,19 +459,123 @@ def group_near_duplicates(svc: Services, db, collection_id: int, chunk: int = 12
     return sum(len(m) for m in changed.values())
 
 
-def pending_work(svc: Services) -> tuple[list[int], dict[int, list[int]], list[int]]:
-    """What an interrupted run left: (jobs to rescan, {job: pending asset ids}, jobs to finalize)."""
+def pending_work(svc: Services, job_id: int | None = None) -> tuple[list[int], dict[int, list[int]], list[int]]:
+    """What an interrupted run left: (jobs to rescan, {job: pending asset ids}, jobs to finalize); of every
+    unfinished job, or of one."""
+    one = (Job.id == job_id,) if job_id is not None else ()
     with svc.session() as db:
-        rescan = list(db.scalars(select(Job.id).where(Job.status.in_(("queued", "scanning")))))
-        running = list(db.scalars(select(Job.id).where(Job.status.in_(("running", "finalizing")))))
+        rescan = list(db.scalars(select(Job.id).where(Job.status.in_(("queued", "scanning")), *one)))
+        running = list(db.scalars(select(Job.id).where(Job.status.in_(("running", "finalizing")), *one)))
         work = {}
         for jid in running:
             ids = list(db.scalars(select(Asset.id).where(Asset.job_id == jid, Asset.status == "pending")))
             if ids:
                 work[jid] = ids
-        db.execute(update(Job).where(Job.status == "finalizing").values(status="running"))
+        db.execute(update(Job).where(Job.status == "finalizing", *one).values(status="running"))
         db.commit()
         return rescan, work, [j for j in running if j not in work]
+
+
+UNFINISHED = ("queued", "scanning", "running", "finalizing")
+
+
+def stalled_jobs(svc: Services, stale_seconds: float, statuses: tuple[str, ...] = UNFINISHED) -> list[tuple[int, object]]:
+    """Unfinished jobs nobody has touched for `stale_seconds` (their owner died): [(job id, its updated_at)].
+    A live owner touches its jobs every stale_seconds / 4 (see `Heartbeat`)."""
+    cutoff = utcnow() - timedelta(seconds=stale_seconds)
+    with svc.session() as db:
+        return [(i, t) for i, t in db.execute(select(Job.id, Job.updated_at).where(
+            Job.status.in_(statuses), Job.updated_at < cutoff).order_by(Job.id))]
+
+
+def claim(svc: Services, job_id: int, seen_updated_at) -> bool:
+    """Take over a stalled job: true for exactly one of several processes that saw the same `updated_at`."""
+    with svc.session() as db:
+        n = db.execute(update(Job).where(Job.id == job_id, Job.updated_at == seen_updated_at)
+                       .values(updated_at=utcnow())).rowcount
+        db.commit()
+        return n == 1
+
+
+class Heartbeat:
+    """Touches `jobs.updated_at` of the jobs this process holds, every `interval` seconds, on a daemon thread, so
+    other processes can tell a job in progress from one whose owner died (`stalled_jobs`)."""
+
+    def __init__(self, svc: Services, interval: float):
+        self.svc, self.interval = svc, interval
+        self._jobs: dict[int, int] = {}  # job id -> how many holders
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def hold(self, job_id: int) -> None:
+        with self._lock:
+            self._jobs[job_id] = self._jobs.get(job_id, 0) + 1
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, daemon=True, name="omnibridge-heartbeat")
+                self._thread.start()
+
+    def release(self, job_id: int) -> None:
+        with self._lock:
+            left = self._jobs.get(job_id, 1) - 1
+            if left > 0:
+                self._jobs[job_id] = left
+            else:
+                self._jobs.pop(job_id, None)
+
+    @contextmanager
+    def holding(self, job_id: int):
+        self.hold(job_id)
+        try:
+            yield
+        finally:
+            self.release(job_id)
+
+    def beat(self) -> None:
+        with self._lock:
+            ids = list(self._jobs)
+        if ids:
+            with self.svc.session() as db:
+                db.execute(update(Job).where(Job.id.in_(ids), Job.status.in_(UNFINISHED))
+                           .values(updated_at=utcnow()))
+                db.commit()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            try:
+                self.beat()
+            except Exception:  # a busy or briefly unreachable database: the next beat tries again
+                log.warning("job heartbeat failed", exc_info=True)
+
+    def close(self) -> None:
+        self._stop.set()
+
+
+def resume_job(svc: Services, job_id: int) -> dict:
+    """Finish a job another process left (or this one, before a restart): scan again if it never got past the scan,
+    else embed what is still pending and finalize. Exactly-once holds (see the module docstring)."""
+    with svc.session() as db:
+        job = db.get(Job, job_id)
+        status = job.status if job else None
+        if status == "finalizing":
+            job.status = "running"
+            db.commit()
+    if status in ("queued", "scanning"):
+        return run_job(svc, job_id)
+    if status not in ("running", "finalizing"):
+        return job_summary(svc, job_id)
+    try:
+        with svc.session() as db:
+            pending = list(db.scalars(select(Asset.id).where(Asset.job_id == job_id, Asset.status == "pending")
+                                      .order_by(Asset.id)))
+        size = svc.settings.batch_size
+        for i in range(0, len(pending), size):
+            embed(svc, job_id, pending[i:i + size])
+        try_finalize(svc, job_id)
+    except Exception as e:  # the database or the store: recorded, as in run_job
+        log.exception("resuming ingest job %s failed", job_id)
+        fail_job(svc, job_id, f"ingest failed: {e}")
+    return job_summary(svc, job_id, errors=20)
 
 
 def fail_job(svc: Services, job_id: int, error: str) -> None:
@@ -471,7 +621,9 @@ def job_summary(svc: Services, job_id: int, errors: int = 0) -> dict:
             raise ValueError(f"no job {job_id}")
         out = _job_dict(job, db.get(Collection, job.collection_id).name)
         if errors:
-            out["errors"] = _errors(db, Asset.job_id == job_id, errors)
+            refused = [{"asset_id": None, "path": r["path"], "error": r["error"]}
+                       for r in (job.options or {}).get("refused", [])]
+            out["errors"] = (refused + _errors(db, Asset.job_id == job_id, errors))[:errors]
         return out
 
 

@@ -66,9 +66,26 @@ def _retrying() -> Retrying:
                     before_sleep=lambda rs: log.warning("retrying after: %s", rs.outcome.exception()))
 
 
+_beat: pipeline.Heartbeat | None = None
+
+
+def _heartbeat() -> pipeline.Heartbeat:
+    """This process's heartbeat: keeps the jobs its tasks work on fresh, so no other worker's sweep takes them."""
+    global _beat
+    if _beat is None:
+        svc = _svc()
+        _beat = pipeline.Heartbeat(svc, interval=svc.settings.job_stale_seconds / 4)
+    return _beat
+
+
 @app.task(name=SCAN, soft_time_limit=6 * 3600, time_limit=6 * 3600 + 60)
 def scan_task(job_id: int) -> int:
     """Walk the job's source, then queue its pending assets in batches."""
+    with _heartbeat().holding(job_id):
+        return _scan(job_id)
+
+
+def _scan(job_id: int) -> int:
     svc = _svc()
     try:
         pending = _retrying()(pipeline.scan, svc, job_id)
@@ -90,6 +107,11 @@ def scan_task(job_id: int) -> int:
 @app.task(name=EMBED, soft_time_limit=900, time_limit=960)
 def embed_task(job_id: int, asset_ids: list[int]) -> dict:
     """Embed one batch; a file that fails is recorded and never stops the job."""
+    with _heartbeat().holding(job_id):
+        return _embed(job_id, asset_ids)
+
+
+def _embed(job_id: int, asset_ids: list[int]) -> dict:
     svc = _svc()
     try:
         counts = _retrying()(pipeline.embed, svc, job_id, asset_ids)
@@ -104,17 +126,40 @@ def recover() -> dict:
     """Re-queue what interrupted jobs left: rescans, pending batches, unfinished finalizations."""
     svc = _svc()
     rescan, work, finalize = pipeline.pending_work(svc)
-    size = svc.settings.batch_size
-    for jid in rescan:
-        scan_task.delay(jid)
-    for jid, ids in work.items():
-        for i in range(0, len(ids), size):
-            embed_task.delay(jid, ids[i:i + size])
-    for jid in finalize:
-        pipeline.try_finalize(svc, jid)
+    _queue(svc, rescan, work, finalize)
     if rescan or work:
         log.info("recovered %d jobs to rescan and %d with pending assets", len(rescan), len(work))
     return {"rescan": rescan, "pending": {str(k): len(v) for k, v in work.items()}, "finalized": finalize}
+
+
+def sweep() -> list[int]:
+    """Re-queue the work of jobs whose worker died while this one lives (a stalled job needs no new process).
+    Workers leave batches waiting in the queue untouched, so a job counts as stalled only after 4x the stale time;
+    a queued job (its scan task may be lost with the broker) after 10x."""
+    svc = _svc()
+    stale = svc.settings.job_stale_seconds
+    taken = []
+    for statuses, factor in ((("scanning", "running", "finalizing"), 4), (("queued",), 10)):
+        for job_id, seen in pipeline.stalled_jobs(svc, stale * factor, statuses):
+            if not pipeline.claim(svc, job_id, seen):
+                continue  # another worker took it
+            taken.append(job_id)
+            log.warning("re-queueing stalled ingest job %s", job_id)
+            rescan, work, finalize = pipeline.pending_work(svc, job_id)
+            _queue(svc, rescan, work, finalize)
+    return taken
+
+
+def _sweep_forever(stop: threading.Event) -> None:
+    interval = _settings().job_stale_seconds
+    while not stop.wait(interval):
+        try:
+            sweep()
+        except Exception:  # the database is briefly unreachable: the next sweep tries again
+            log.warning("sweep for stalled jobs failed", exc_info=True)
+
+
+_sweeping = threading.Event()  # set: stop sweeping
 
 
 @signals.worker_ready.connect
@@ -123,11 +168,30 @@ def _on_ready(sender=None, **_) -> None:
         recover()
     except Exception:  # a recovery problem must not keep the worker from serving new jobs
         log.exception("recovery of interrupted jobs failed")
+    _sweeping.clear()
+    threading.Thread(target=_sweep_forever, args=(_sweeping,), daemon=True, name="omnibridge-sweep").start()
 
 
-def submit(paths: list[str], collection: str, ocr: bool = False) -> int:
+@signals.worker_shutdown.connect
+def _on_shutdown(sender=None, **_) -> None:
+    _sweeping.set()
+
+
+def _queue(svc, rescan: list[int], work: dict[int, list[int]], finalize: list[int]) -> None:
+    size = svc.settings.batch_size
+    for jid in rescan:
+        scan_task.delay(jid)
+    for jid, ids in work.items():
+        for i in range(0, len(ids), size):
+            embed_task.delay(jid, ids[i:i + size])
+    for jid in finalize:
+        pipeline.try_finalize(svc, jid)
+
+
+def submit(paths: list[str], collection: str, ocr: bool = False, refused: list[dict] | None = None,
+           confine: list[str] | None = None) -> int:
     """Create an ingestion job and queue its scan; returns the job id."""
-    job_id = pipeline.create_job(_svc(), paths, collection, ocr=ocr)
+    job_id = pipeline.create_job(_svc(), paths, collection, ocr=ocr, refused=refused, confine=confine)
     scan_task.delay(job_id)
     return job_id
 

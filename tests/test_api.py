@@ -42,7 +42,8 @@ class Api:
 
 @pytest.fixture(scope="module")
 def api(tmp_path_factory, photos, model) -> Api:  # noqa: F811
-    svc = Services(load_settings(home=tmp_path_factory.mktemp("api") / "home", batch_size=8))
+    svc = Services(load_settings(home=tmp_path_factory.mktemp("api") / "home", batch_size=8,
+                                 library_roots=[photos.parent]))
     svc._model = model
     run_job(svc, [photos], collection="photos")
     keys = {
@@ -165,7 +166,7 @@ def test_files_outside_the_roots_are_never_served(api, tmp_path):
         for what in ("original", "thumbnail"):
             r = api.client.get(f"/assets/{i}/{what}", headers=api.h("admin"))
             assert r.status_code == 403, (i, what, r.text)
-    # folder ingest: '..' and relative paths are refused; folders outside the roots need a '*' write key
+    # folder ingest: '..' and relative paths are refused; folders outside the library roots too (tests/test_access.py)
     for bad in (f"{api.photos}/../../etc", "images"):
         r = api.client.post("/collections/uploads/ingest", json={"paths": [bad]}, headers=api.h("uploads_write"))
         assert r.status_code == 400 and "paths[0]" in r.json()["detail"]
@@ -183,11 +184,11 @@ def test_bad_uploads_and_ids_are_refused_naming_the_field(api, monkeypatch):
     for name in ("../evil.png", "..\\evil.png", "/etc/evil.png"):
         r = api.client.post(up, files={"files": (name, coffee, "image/png")}, headers=api.h("uploads_write"))
         assert r.status_code == 400 and "plain file name" in r.json()["detail"], (name, r.text)
-    r = api.client.post(up, files=[("files", ("fine.png", coffee, "image/png")),
-                                   ("files", ("notes.png", b"this is not a picture", "image/png"))],
+    r = api.client.post(up, files=[("files", ("notes.png", b"this is not a picture", "image/png")),
+                                   ("files", ("notes2.png", b"nor is this", "image/png"))],
                         headers=api.h("uploads_write"))
-    assert r.status_code == 400 and "notes.png" in r.json()["detail"]
-    assert not (api.svc.settings.media_dir / "uploads" / "uploads" / "fine.png").exists()  # all or nothing
+    assert r.status_code == 400 and "notes.png" in r.json()["detail"] and "notes2.png" in r.json()["detail"]
+    assert not list((api.svc.settings.media_dir / "uploads" / "uploads").glob("notes*"))  # nothing kept
     r = api.client.post("/search/image", files={"file": ("notes.txt", b"hello", "text/plain")},
                         headers=api.h("photos_read"), data={"collection": "photos"})
     assert r.status_code == 400 and "notes.txt" in r.json()["detail"]
@@ -205,8 +206,9 @@ def test_bad_uploads_and_ids_are_refused_naming_the_field(api, monkeypatch):
     assert api.client.post("/search", content=b"{not json", headers=api.h("admin")).status_code == 422
     r = api.client.post("/search", json={"text": "   ", "collection": "photos"}, headers=api.h("admin"))
     assert r.status_code == 400 and "empty" in r.json()["detail"]
-    r = api.client.post("/collections/uploads/ingest", json={"paths": ["/no/such/folder"]}, headers=api.h("admin"))
-    assert r.status_code == 400 and "/no/such/folder" in r.json()["detail"]
+    missing = f"{api.photos.parent}/no/such/folder"  # inside the library root, not there
+    r = api.client.post("/collections/uploads/ingest", json={"paths": [missing]}, headers=api.h("admin"))
+    assert r.status_code == 400 and missing in r.json()["detail"]
 
 
 # -- jobs ------------------------------------------------------------------------------------------------------
@@ -227,7 +229,10 @@ def test_an_upload_ingest_job_reaches_done(api):
     assert api.client.get(f"/jobs/{job_id}", headers=api.h("photos_read")).status_code == 403
     r = api.client.post("/search", json={"text": "a cup of coffee", "collection": "uploads", "k": 1},
                         headers=api.h("uploads_write"))
-    assert r.json()["hits"][0]["path"] == str(stored / "coffee.png")
+    assert r.json()["hits"][0]["path"] == "coffee.png"  # a scoped key sees paths inside its collection only
+    r = api.client.post("/search", json={"text": "a cup of coffee", "collection": "uploads", "k": 1},
+                        headers=api.h("admin"))
+    assert r.json()["hits"][0]["path"] == str(stored / "coffee.png")  # the operator sees where the file is
 
 
 # -- fuzzing ---------------------------------------------------------------------------------------------------

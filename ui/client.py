@@ -282,7 +282,9 @@ def from_settings(settings: Settings) -> LocalClient | HttpClient:
     from engine.engine import Engine
     from engine.services import get_services
 
-    return LocalClient(Engine(get_services(settings)))
+    engine = Engine(get_services(settings))
+    engine.start_background()  # resume ingest jobs a killed process left (engine.catalog)
+    return LocalClient(engine)
 
 
 _override: LocalClient | HttpClient | None = None

@@ -14,6 +14,7 @@ from engine.answer import Answer
 
 from .auth import READ, PrincipalDep
 from .deps import EngineDep
+from .paths import path_shower
 
 router = APIRouter(tags=["answer"])
 
@@ -34,25 +35,33 @@ def answer(body: AnswerRequest, engine: EngineDep, principal: PrincipalDep, requ
     line (text/plain), or `data:` events then one `event: answer` (Accept: text/event-stream)."""
     principal.require(body.collection, READ)
     items = engine.stream_answer(body.question, collection=body.collection, k=body.k)
+    shown = _shown_answer(engine, principal, body.collection)
     if not stream:
         *_, final = items
-        return final.to_dict()
+        return shown(final.to_dict())
     first = next(items)  # retrieval runs, and bad input fails as a 4xx, before the response starts
     items = chain([first], items)
     if "text/event-stream" in request.headers.get("accept", ""):
-        return StreamingResponse(_events(items), media_type="text/event-stream",
+        return StreamingResponse(_events(items, shown), media_type="text/event-stream",
                                  headers={"Cache-Control": "no-cache"})
-    return StreamingResponse(_plain(items), media_type="text/plain; charset=utf-8")
+    return StreamingResponse(_plain(items, shown), media_type="text/plain; charset=utf-8")
 
 
-def _plain(items: Iterator[str | Answer]) -> Iterator[str]:
+def _shown_answer(engine, principal, collection: str | None):
+    """The answer's evidence with image paths as this caller may see them (engine.api.paths)."""
+    show = path_shower(engine.svc, principal)
+    return lambda d: {**d, "evidence": [{**e, "image_path": show(e.get("image_path"), collection)}
+                                        for e in d["evidence"]]}
+
+
+def _plain(items: Iterator[str | Answer], shown) -> Iterator[str]:
     for item in items:
-        yield "\n" + json.dumps(item.to_dict()) + "\n" if isinstance(item, Answer) else item
+        yield "\n" + json.dumps(shown(item.to_dict())) + "\n" if isinstance(item, Answer) else item
 
 
-def _events(items: Iterator[str | Answer]) -> Iterator[str]:
+def _events(items: Iterator[str | Answer], shown) -> Iterator[str]:
     for item in items:
         if isinstance(item, Answer):
-            yield f"event: answer\ndata: {json.dumps(item.to_dict())}\n\n"
+            yield f"event: answer\ndata: {json.dumps(shown(item.to_dict()))}\n\n"
         else:
             yield "".join(f"data: {line}\n" for line in item.split("\n")) + "\n"

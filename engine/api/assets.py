@@ -1,7 +1,7 @@
 """GET /assets/{id} (metadata), /assets/{id}/thumbnail (JPEG) and /assets/{id}/original (the file).
 
-Files are served only from inside the data directory or the asset's collection root, after resolving symlinks and
-'..': a row whose path points anywhere else is refused (403)."""
+Files are served only from inside a path their own collection ingested (engine.access.served_file), after
+resolving symlinks and '..': a row whose path points anywhere else is refused (403)."""
 
 from __future__ import annotations
 
@@ -11,26 +11,28 @@ from typing import Annotated
 from fastapi import APIRouter, HTTPException, Query
 from fastapi.responses import FileResponse, Response
 
+from engine.access import served_file
 from engine.db import Asset, Collection
 from engine.services import Services
 from ingest.media import thumbnail_jpeg
 
 from .auth import READ, PrincipalDep
 from .deps import AssetId, EngineDep, load_asset
+from .paths import path_shower
 
 router = APIRouter(prefix="/assets", tags=["assets"])
 
 
 def served_path(svc: Services, asset: Asset, collection: Collection) -> Path:
-    """The asset's file, if it lies inside the data directory or its collection's root; else 403 (404: gone)."""
+    """The asset's file, if it lies inside a path its collection ingested; else 403 (404: gone)."""
     try:
-        path = Path(asset.uri).resolve(strict=True)
+        with svc.session() as db:
+            path = served_file(db, svc.settings, asset.uri, collection)
     except (OSError, ValueError):
         raise HTTPException(404, f"the file of asset {asset.id} is gone; ingest its collection again") from None
-    roots = [svc.settings.home, Path(collection.root)]
-    if not any(path.is_relative_to(root.resolve()) for root in roots) or not path.is_file():
-        raise HTTPException(403, f"asset {asset.id}: its file lies outside the data directory and the collection "
-                                 "root, so it is not served")
+    if path is None:
+        raise HTTPException(403, f"asset {asset.id}: its file lies outside the folders its collection ingested, "
+                                 "so it is not served")
     return path
 
 
@@ -39,7 +41,8 @@ def asset(asset_id: AssetId, engine: EngineDep, principal: PrincipalDep) -> dict
     """Metadata of an asset, its texts (captions, tags, OCR, ...) and its lineage when it was generated."""
     _, coll = load_asset(engine.svc, asset_id)
     principal.require(coll.name, READ)
-    return engine.asset_info(asset_id)
+    info = engine.asset_info(asset_id)
+    return {**info, "path": path_shower(engine.svc, principal)(info["path"], coll.name)}
 
 
 @router.get("/{asset_id}/thumbnail", response_class=Response,

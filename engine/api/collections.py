@@ -1,23 +1,26 @@
 """GET /collections; POST /collections/{name} (create); GET /collections/{name}/map (2-D embedding map);
 POST /collections/{name}/ingest (server folders) and /collections/{name}/upload (files).
 
-Folder ingest reads server paths: absolute, without '..', inside the data directory or the collection's root,
-unless the key has write access to every collection ("*"). Uploads are stored under
-<data dir>/media/uploads/<collection>/ with sanitized names, then ingested like any other job."""
+Folder ingest reads server paths under the path policy of engine.access: absolute, without '..', inside the
+operator's library roots (OMNIBRIDGE_LIBRARY_ROOTS) or the collection's own upload folder, and for a key scoped to
+some collections never a folder another collection uses. Uploads are stored under
+<data dir>/media/uploads/<collection>/ with sanitized names, then ingested like any other job; a refused file is
+listed among the job's errors while the others are indexed."""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Annotated
 
-from fastapi import APIRouter, File, Form, HTTPException, Query, Request, UploadFile
-from pydantic import BaseModel, ConfigDict, Field
+from fastapi import APIRouter, File, Form, HTTPException, Query, UploadFile
+from pydantic import BaseModel, ConfigDict, Field, StrictBool
 
-from engine.services import Services
+from engine.access import PathRefused
 from ingest import pipeline
 
-from .auth import ALL, READ, WRITE, Principal, PrincipalDep
+from .auth import ALL, READ, WRITE, PrincipalDep
 from .deps import CollectionName, EngineDep, ServicesDep, find_collection
+from .paths import path_shower, show_job
 
 router = APIRouter(prefix="/collections", tags=["collections"])
 
@@ -30,7 +33,7 @@ class IngestRequest(BaseModel):
 
     paths: list[Annotated[str, Field(min_length=1, max_length=4096)]] = Field(
         min_length=1, max_length=MAX_PATHS, description="absolute server paths: folders, files or PAIRS.jsonl")
-    ocr: bool = Field(False, description="also read the text in images")
+    ocr: StrictBool = Field(False, description="also read the text in images (true or false)")
 
 
 @router.get("")
@@ -38,7 +41,9 @@ def collections(svc: ServicesDep, principal: PrincipalDep) -> dict:
     """The collections this key may read, with their asset counts by status."""
     report = pipeline.status_report(svc, jobs=0, errors=0)
     readable = set(principal.readable(report["known"]))
-    return {"collections": [c for c in report["collections"] if c["name"] in readable]}
+    show = path_shower(svc, principal)
+    return {"collections": [{**c, "root": show(c["root"], c["name"])} for c in report["collections"]
+                            if c["name"] in readable]}
 
 
 @router.post("/{name}", status_code=201)
@@ -56,41 +61,30 @@ def embedding_map(name: CollectionName, engine: EngineDep, principal: PrincipalD
     principal.require(name, READ)
     if find_collection(engine.svc, name) is None:
         raise HTTPException(404, f"no collection named {name!r}; list them with GET /collections")
-    return engine.embedding_map(name, limit=limit, include_synthetic=include_synthetic)
+    result = engine.embedding_map(name, limit=limit, include_synthetic=include_synthetic)
+    show = path_shower(engine.svc, principal)
+    return {**result, "points": [{**p, "path": show(p["path"], name)} for p in result["points"]]}
 
 
 @router.post("/{name}/ingest", status_code=202)
-def ingest(name: CollectionName, body: IngestRequest, svc: ServicesDep, principal: PrincipalDep,
-           request: Request) -> dict:
-    """Start a job over server paths; poll GET /jobs/{id}."""
+def ingest(name: CollectionName, body: IngestRequest, engine: EngineDep, principal: PrincipalDep) -> dict:
+    """Start a job over server folders in the library roots (OMNIBRIDGE_LIBRARY_ROOTS); poll GET /jobs/{id}."""
     principal.require(name, WRITE)
-    paths = [_checked_path(svc, principal, name, raw, f"paths[{i}]") for i, raw in enumerate(body.paths)]
-    job_id = request.app.state.ingest.start(paths, name, ocr=body.ocr)
-    return pipeline.job_summary(svc, job_id)
+    try:
+        job_id = engine.ingest_server_paths(name, body.paths, ocr=body.ocr, everywhere=principal.can(ALL, WRITE))
+    except PathRefused as e:
+        raise HTTPException(403 if e.forbidden else 400, str(e)) from None
+    return show_job(pipeline.job_summary(engine.svc, job_id, errors=20), path_shower(engine.svc, principal))
 
 
 @router.post("/{name}/upload", status_code=202)
 def upload(name: CollectionName, files: Annotated[list[UploadFile], File(description="images")],
            engine: EngineDep, principal: PrincipalDep, ocr: Annotated[bool, Form()] = False) -> dict:
     """Store uploaded images in the data directory and start a job over them; poll GET /jobs/{id}.
-    One refused file refuses the whole request, and none of its files are kept."""
+    A refused file (not an image, too large, a bad name) is listed among the job's errors; the others are indexed.
+    When every file is refused the request is (400, or 413 when all are too large)."""
     principal.require(name, WRITE)
     if not files or len(files) > MAX_FILES:
         raise HTTPException(400, f"files: give 1..{MAX_FILES} images, got {len(files)}")
     job_id = engine.ingest_uploads(name, [(f.filename, f.file) for f in files], ocr=ocr)
-    return pipeline.job_summary(engine.svc, job_id)
-
-
-def _checked_path(svc: Services, principal: Principal, collection: str, raw: str, field: str) -> str:
-    """An absolute path without '..', inside the data directory or the collection's root (or any, for '*' write)."""
-    if "\x00" in raw or not Path(raw).is_absolute() or ".." in Path(raw).parts:
-        raise HTTPException(400, f"{field}: {raw!r} must be an absolute server path without '..'")
-    path = Path(raw).resolve()
-    if principal.can(ALL, WRITE):
-        return str(path)
-    coll = find_collection(svc, collection)
-    roots = [svc.settings.home.resolve()] + ([Path(coll.root).resolve()] if coll else [])
-    if not any(path.is_relative_to(r) for r in roots):
-        raise HTTPException(403, f"{field}: {raw!r} is outside the data directory and the collection root; "
-                                 "only a key with write access to every collection ('*') may ingest other folders")
-    return str(path)
+    return show_job(pipeline.job_summary(engine.svc, job_id, errors=MAX_FILES), path_shower(engine.svc, principal))

@@ -10,6 +10,7 @@ from ingest import pipeline
 
 from .auth import READ, PrincipalDep
 from .deps import COLLECTION_NAME, JobId, ServicesDep
+from .paths import path_shower, show_job
 
 router = APIRouter(prefix="/jobs", tags=["jobs"])
 
@@ -20,7 +21,8 @@ def jobs(collection: Annotated[str, Query(pattern=COLLECTION_NAME, description="
          n: Annotated[int, Query(ge=1, le=100, description="most recent first")] = 10) -> dict:
     """A collection's most recent ingestion jobs with their status and counters."""
     principal.require(collection, READ)
-    return {"jobs": pipeline.status_report(svc, collection, jobs=n, errors=0)["jobs"]}
+    show = path_shower(svc, principal)
+    return {"jobs": [show_job(j, show) for j in pipeline.status_report(svc, collection, jobs=n, errors=0)["jobs"]]}
 
 
 @router.get("/{job_id}")
@@ -31,4 +33,4 @@ def job(job_id: JobId, svc: ServicesDep, principal: PrincipalDep) -> dict:
     except ValueError:
         raise HTTPException(404, f"no job with id {job_id}") from None
     principal.require(summary["collection"], READ)
-    return summary
+    return show_job(summary, path_shower(svc, principal))

@@ -11,6 +11,7 @@ from __future__ import annotations
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request
+from fastapi_offline import FastAPIOffline
 from fastapi.responses import JSONResponse
 
 from engine.db import DatabaseError
@@ -38,11 +39,13 @@ def create_app(services: Services | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
+        engine.start_background()  # resume the ingest jobs a killed process left
         yield
         engine.ingest_runner.close()
 
-    app = FastAPI(title="OmniBridge Search", summary="Multimodal image search: find, answer, generate similar.",
-                  lifespan=lifespan)
+    # /docs and /redoc with Swagger UI and ReDoc served from the installed fastapi-offline package, not a CDN
+    app = FastAPIOffline(title="OmniBridge Search", summary="Multimodal image search: find, answer, generate similar.",
+                         lifespan=lifespan)
     app.state.engine = engine
     app.state.ingest = engine.ingest_runner  # jobs start where the Engine starts them (ingest.runner)
     app.add_exception_handler(ValueError, _status(400))  # MediaError, SourceError, Engine checks: name the value
@@ -52,5 +55,6 @@ def create_app(services: Services | None = None) -> FastAPI:
         app.add_exception_handler(unavailable, _status(503))
     for module in (health, search, answer, generate, assets, collections, jobs):
         app.include_router(module.router)
-    app.add_middleware(RequestSizeLimit, max_bytes=int(engine.svc.settings.max_request_mb * 2**20))
+    app.add_middleware(RequestSizeLimit, max_bytes=int(engine.svc.settings.max_request_mb * 2**20),
+                       read_timeout=engine.svc.settings.request_timeout)
     return app

@@ -7,10 +7,11 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, File, Form, HTTPException, UploadFile
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationError, model_validator
 
 from .auth import READ, PrincipalDep
 from .deps import MAX_ID, EngineDep, load_asset
+from .paths import path_shower
 from .uploads import save_upload
 
 router = APIRouter(prefix="/search", tags=["search"])
@@ -39,8 +40,8 @@ class SearchOptions(BaseModel):
     k: int = Field(10, ge=1, le=1000, description="number of hits")
     offset: int = Field(0, ge=0, le=100_000, description="skip this many hits (paging)")
     filters: Filters | None = None
-    include_synthetic: bool = Field(False, description="also generated images")
-    collapse: bool = Field(True, description="near-duplicates as one hit with a count")
+    include_synthetic: StrictBool = Field(False, description="also generated images")
+    collapse: StrictBool = Field(True, description="near-duplicates as one hit with a count")
     target: Literal["images", "texts"] = Field("images", description="find images, or captions/OCR/documents")
     mode: Literal["hybrid", "vector", "keyword"] = Field(
         "hybrid", description="hybrid: aligned vectors fused with keyword (BM25) matches; or one side only")
@@ -107,7 +108,7 @@ def search(body: SearchRequest, engine: EngineDep, principal: PrincipalDep) -> d
         principal.require(coll.name, READ)
         if asset.media != "image":
             raise HTTPException(400, f"asset_id: asset {body.asset_id} is a text document, not an image")
-    return engine.search(text=body.text, asset_id=body.asset_id, **body.engine_kwargs())
+    return _shown(engine.search(text=body.text, asset_id=body.asset_id, **body.engine_kwargs()), engine, principal)
 
 
 @router.post("/image", response_model=SearchResult)
@@ -134,6 +135,13 @@ def search_image(
         raise HTTPException(422, f"filters: {where}: {first['msg']}") from None
     with tempfile.TemporaryDirectory(prefix="omnibridge-query-") as tmp:
         path = save_upload(file, Path(tmp), engine.svc.settings)
-        return engine.search(image=path, collection=collection, k=k, offset=offset,
-                             filters=parsed.model_dump() if parsed else None, include_synthetic=include_synthetic,
-                             collapse=collapse, target=target, min_relevance=min_relevance)
+        return _shown(engine.search(image=path, collection=collection, k=k, offset=offset,
+                                    filters=parsed.model_dump() if parsed else None,
+                                    include_synthetic=include_synthetic, collapse=collapse, target=target,
+                                    min_relevance=min_relevance), engine, principal)
+
+
+def _shown(result: dict, engine, principal) -> dict:
+    """Hits with their paths as this caller may see them (engine.api.paths)."""
+    show = path_shower(engine.svc, principal)
+    return {**result, "hits": [{**h, "path": show(h.get("path"), h.get("collection"))} for h in result["hits"]]}
