@@ -74,6 +74,8 @@ def check_ingest_paths(db, settings: Settings, collection: str, raw_paths: list[
     home = settings.home.resolve()
     libraries = [r.resolve() for r in settings.library_roots]
     own_uploads = upload_folder(settings, collection)
+    coll = db.scalar(select(Collection).where(Collection.name == collection))
+    own = collection_sources(db, coll) if coll is not None else []
     others = [] if everywhere else [
         src for c in db.scalars(select(Collection).where(Collection.name != collection))
         for src in collection_sources(db, c) + [upload_folder(settings, c.name)]]
@@ -89,6 +91,9 @@ def check_ingest_paths(db, settings: Settings, collection: str, raw_paths: list[
             raise PathRefused(f"{field}: {raw!r} is inside the data directory (or holds it); only a collection's own "
                               f"upload folder there can be ingested: upload files with POST /collections/"
                               f"{collection}/upload", forbidden=True)
+        if any(path.is_relative_to(src) for src in own):  # a folder this collection was built from
+            out.append(str(path))
+            continue
         if not any(path.is_relative_to(lib) for lib in libraries):
             where = ", ".join(map(str, libraries)) if libraries else "none are set"
             raise PathRefused(f"{field}: {raw!r} is outside the library roots ({where}); the operator lists the server "

@@ -45,7 +45,7 @@ class Child:
 
 def api_command(host: str, port: int) -> list[str]:
     return [sys.executable, "-m", "uvicorn", "engine.api.main:create_app", "--factory", "--host", host,
-            "--port", str(port), "--log-level", "warning",
+            "--port", str(port), "--log-level", "warning", "--http", SERVER_LIMITS["http"],
             "--h11-max-incomplete-event-size", str(SERVER_LIMITS["h11_max_incomplete_event_size"]),
             "--timeout-keep-alive", str(SERVER_LIMITS["timeout_keep_alive"])]
 

@@ -10,8 +10,9 @@ from __future__ import annotations
 import asyncio
 import json
 
-# uvicorn options of `omnibridge serve` and the demo: header block at most 16 KiB, idle keep-alive 5 s
-SERVER_LIMITS = {"h11_max_incomplete_event_size": 16 * 1024, "timeout_keep_alive": 5}
+# uvicorn options of `omnibridge serve` and the demo: the h11 parser (httptools has no header limit), a header
+# block of at most 16 KiB, idle keep-alive connections closed after 5 s
+SERVER_LIMITS = {"http": "h11", "h11_max_incomplete_event_size": 16 * 1024, "timeout_keep_alive": 5}
 
 
 class BodyTooLarge(Exception):

@@ -11,8 +11,10 @@ from __future__ import annotations
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request
+from fastapi.exception_handlers import http_exception_handler
 from fastapi_offline import FastAPIOffline
 from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from engine.db import DatabaseError
 from engine.engine import Engine
@@ -33,6 +35,18 @@ def _status(code: int):
     return handler
 
 
+MULTIPART_HELP = ("the multipart form could not be read: a part's headers are over 4 KiB (a file name of thousands of "
+                  "characters does that) or the body is cut or malformed; send each file with a name under 255 "
+                  "characters, as multipart/form-data")
+
+
+async def _http_error(request: Request, exc: StarletteHTTPException):
+    """Starlette's errors as usual, but its bare "Invalid multipart data." says what to change."""
+    if exc.status_code == 400 and exc.detail == "Invalid multipart data.":
+        exc = StarletteHTTPException(400, MULTIPART_HELP)
+    return await http_exception_handler(request, exc)
+
+
 def create_app(services: Services | None = None) -> FastAPI:
     """The API over `services` (default: the process's, from the OMNIBRIDGE_* settings)."""
     engine = Engine(services)
@@ -48,6 +62,7 @@ def create_app(services: Services | None = None) -> FastAPI:
                          lifespan=lifespan)
     app.state.engine = engine
     app.state.ingest = engine.ingest_runner  # jobs start where the Engine starts them (ingest.runner)
+    app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(ValueError, _status(400))  # MediaError, SourceError, Engine checks: name the value
     app.add_exception_handler(UploadTooLarge, _status(413))
     app.add_exception_handler(GeneratorUnavailable, _status(503))
