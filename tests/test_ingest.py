@@ -204,3 +204,30 @@ def test_a_new_model_is_indexed_beside_the_old_one(tmp_path, photos, model):
     for svc in (old, new):
         hits = Engine(svc).search(image=photos.parent / "images" / "horse.png", k=1)["hits"]
         assert hits[0]["path"].endswith("horse.png")
+
+
+def test_near_duplicate_groups_hold_copies_not_images_of_other_colours(tmp_path, photos, model):  # noqa: F811
+    """Flat squares of five colours and a gradient share a perceptual hash; they are not copies of each other.
+    A re-encoded, resized or slightly brightened photo still is."""
+    import numpy as np
+    from PIL import ImageEnhance
+
+    lib = tmp_path / "shapes"
+    lib.mkdir()
+    for name, rgb in {"black": (0, 0, 0), "blue": (20, 40, 220), "green": (30, 200, 40), "red": (220, 30, 30),
+                      "yellow": (240, 230, 20)}.items():
+        Image.new("RGB", (128, 128), rgb).save(lib / f"{name}_square.png")
+    ramp = np.tile(np.linspace(0, 255, 128, dtype=np.uint8), (128, 1))
+    Image.fromarray(np.stack([ramp] * 3, -1)).save(lib / "gradient.png")
+    coffee = Image.open(photos.parent / "images" / "coffee.png").convert("RGB")
+    coffee.save(lib / "coffee.png")
+    coffee.resize((300, 200)).save(lib / "coffee-small.jpg", quality=70)
+    ImageEnhance.Brightness(coffee).enhance(1.05).save(lib / "coffee-brighter.png")
+    svc = Services(load_settings(home=tmp_path / "home", batch_size=16))
+    svc._model = model
+    assert run_job(svc, [lib])["indexed"] == 9
+    with svc.session() as db:
+        groups = {Path(a.uri).name: a.near_dup_group for a in db.scalars(select(Asset))}
+    squares = [groups[f"{c}_square.png"] for c in ("black", "blue", "green", "red", "yellow")] + [groups["gradient.png"]]
+    assert len(set(squares)) == 6, groups
+    assert groups["coffee.png"] == groups["coffee-small.jpg"] == groups["coffee-brighter.png"], groups
