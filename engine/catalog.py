@@ -124,6 +124,18 @@ class CatalogMixin:
         return self.ingest_runner.start(list(dict.fromkeys(stored)), collection, ocr=ocr, refused=refused,
                                         confine=[str(folder.resolve())])
 
+    def doctor(self, repair: bool = False) -> dict:
+        """Compare the database with the vector store per space (ingest.doctor.check); with repair, fix them."""
+        from ingest import doctor
+
+        return doctor.check(self.svc, repair=repair)
+
+    def health(self) -> dict:
+        """The database and the vector store, as a monitor sees them (ingest.doctor.quick_check)."""
+        from ingest import doctor
+
+        return doctor.quick_check(self.svc)
+
     def job(self, job_id: int) -> dict:
         """A job's status, counters and its failed files (path and reason)."""
         from ingest import pipeline

@@ -330,6 +330,71 @@ def status(
                    f"removed {job['removed']}" + (f" ({job['error']})" if job["error"] else ""))
     for err in report["errors"]:
         typer.secho(f"  failed: {err['path']}: {err['error']}", fg=typer.colors.YELLOW)
+    from ingest.doctor import quick_check
+
+    problem = quick_check(svc)["problem"]
+    if problem:
+        typer.secho(f"warning: {problem}", fg=typer.colors.RED, err=True)
+
+
+@app.command()
+def doctor(
+    repair: Annotated[bool, typer.Option("--repair", help="fix what differs: re-embed missing or damaged points, "
+                                                          "delete orphans, rescan each collection's folders")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
+) -> None:
+    """Check that the vector store holds exactly what the database lists, per model space; --repair makes it so."""
+    from ingest import doctor as doc
+
+    report = doc.check(_services(), repair=repair)
+    if as_json:
+        typer.echo(json.dumps(report, default=str))
+    else:
+        for sp in report["spaces"]:
+            line = (f"{sp['space']} ({sp['model']}): database {sp['sql_points']} points, store {sp['store_points']}; "
+                    f"missing {sp['missing']}, orphans {sp['orphans']}, damaged vectors {sp['bad']}")
+            typer.secho(line, fg=typer.colors.GREEN if not (sp["missing"] or sp["orphans"] or sp["bad"]
+                                                            or sp["damaged"]) else typer.colors.YELLOW)
+            if sp["damaged"]:
+                typer.secho(f"  damaged: {sp['damaged']}", fg=typer.colors.RED)
+        for job in report["repaired"].get("reembedded_jobs", []):
+            typer.echo(f"re-embedded in job {job['id']} ({job['collection']}): indexed {job['indexed']}, "
+                       f"failed {job['failed']}")
+        for job in report["repaired"].get("rescanned_jobs", []):
+            typer.echo(f"rescanned {job['collection']} (job {job['id']}): new or changed {job['indexed']}, "
+                       f"removed {job['removed']}, failed {job['failed']}")
+        if not repair:
+            typer.echo("consistent" if report["ok"] else "run `omnibridge doctor --repair` to fix this")
+    if not report["ok"] and not repair:
+        raise typer.Exit(1)
+
+
+@app.command()
+def backup(dest: Annotated[Path, typer.Argument(help="a new folder for the copy")]) -> None:
+    """Copy the embedded data (SQLite database, uploaded and generated files, vector store) into DEST."""
+    from ingest import backup as bk
+
+    try:
+        typer.echo(json.dumps(bk.backup(_services().settings, dest)))
+    except ValueError as e:
+        _fail(str(e))
+
+
+@app.command()
+def restore(src: Annotated[Path, typer.Argument(help="a folder written by `omnibridge backup`")]) -> None:
+    """Put a backup back (the current data is moved aside, not deleted), then repair the index against it."""
+    from ingest import backup as bk
+    from ingest import doctor as doc
+
+    settings = get_settings()
+    try:
+        aside = bk.restore(settings, src)
+    except ValueError as e:
+        _fail(str(e))
+    typer.echo(f"restored {src}; the data it replaced is in {aside}")
+    report = doc.check(_services(), repair=True)
+    typer.echo(f"index repaired: {sum(j['indexed'] for j in report['repaired']['reembedded_jobs'])} re-embedded, "
+               f"{sum(j['indexed'] for j in report['repaired']['rescanned_jobs'])} new or changed files found")
 
 
 @app.command()
@@ -523,7 +588,24 @@ def worker_(
 
 def main() -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the default path never reaches a hub
-    app()
+    from sqlalchemy.exc import DatabaseError as SQLError
+
+    from .db import DatabaseError
+    from .vectors import StoreDamaged
+
+    try:
+        app()
+    except (DatabaseError, StoreDamaged) as e:  # a damaged or unreachable store: one line and the fix
+        _print_error(str(e))
+    except SQLError as e:
+        url = get_settings().db_url
+        _print_error(f"the metadata database {url} failed: {str(e.orig or e).splitlines()[0]}; check it with "
+                     "`omnibridge doctor`, restore a backup with `omnibridge restore DIR` (README: Backup and restore)")
+
+
+def _print_error(message: str) -> None:
+    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
+    sys.exit(2)
 
 
 if __name__ == "__main__":

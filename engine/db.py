@@ -45,6 +45,7 @@ from sqlalchemy import (
     make_url,
     select,
 )
+from sqlalchemy.exc import DatabaseError as SQLDatabaseError
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 from sqlalchemy.pool import StaticPool
@@ -320,9 +321,12 @@ def create_db_engine(url: str, **kwargs) -> Engine:
 def _ping(engine: Engine) -> None:
     """Connect once; an unreachable database raises DatabaseError naming the setting and the fix."""
     try:
-        with engine.connect():
-            pass
+        with engine.connect() as conn:
+            if engine.url.get_backend_name() == "sqlite":  # SQLite opens anything; reading tells a damaged file
+                conn.exec_driver_sql("SELECT count(*) FROM sqlite_master").scalar()
     except OperationalError as e:
+        if _damaged(e):
+            raise _damaged_error(engine, e) from None
         u = engine.url
         if u.get_backend_name() == "sqlite":
             fix = ("check that OMNIBRIDGE_HOME is a writable folder, or set OMNIBRIDGE_DATABASE_URL to "
@@ -333,6 +337,22 @@ def _ping(engine: Engine) -> None:
         reason = str(e.orig or e).strip().splitlines()[0]
         shown = u.render_as_string(hide_password=True)
         raise DatabaseError(f"cannot open the metadata database {shown}: {reason}\n  fix: {fix}") from None
+    except SQLDatabaseError as e:  # "file is not a database", "database disk image is malformed"
+        raise _damaged_error(engine, e) from None
+
+
+def _damaged(e: Exception) -> bool:
+    text = str(getattr(e, "orig", None) or e).lower()
+    return "malformed" in text or "not a database" in text
+
+
+def _damaged_error(engine: Engine, e: Exception) -> DatabaseError:
+    reason = str(getattr(e, "orig", None) or e).strip().splitlines()[0]
+    where = engine.url.database if engine.url.get_backend_name() == "sqlite" else \
+        engine.url.render_as_string(hide_password=True)
+    return DatabaseError(f"the metadata database {where} is damaged ({reason}); restore the last backup with "
+                         "`omnibridge restore BACKUP_DIR` (README: Backup and restore), which keeps the damaged file "
+                         "aside and rebuilds the index")
 
 
 # -- migrations ------------------------------------------------------------------------------------------------

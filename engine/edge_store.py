@@ -32,11 +32,11 @@ import numpy as np
 from qdrant_edge import (
     CountRequest, Distance, EdgeConfig, EdgeOptimizersConfig, EdgeShard, EdgeSparseVectorParams, EdgeVectorParams,
     FieldCondition, Filter, HasIdCondition, HnswIndexConfig, MatchAny, MatchValue, Modifier, PayloadSchemaType, Point,
-    Query, QueryRequest, RangeFloat, SearchParams, SparseVector, UpdateOperation,
+    Query, QueryRequest, RangeFloat, ScrollRequest, SearchParams, SparseVector, UpdateOperation,
 )
 
 from .vectors import (
-    INDEXED_FIELDS, KEYWORDS, Condition, Hit, Sparse, SpaceNotFound, check_ids, check_keywords, check_points,
+    INDEXED_FIELDS, KEYWORDS, Condition, Hit, Sparse, SpaceNotFound, StoreDamaged, check_ids, check_keywords, check_points,
     check_query, check_space, check_sparse_query, dim_mismatch, in_order, parse_filter,
 )
 
@@ -161,6 +161,17 @@ class EdgeStore:
         records = shard.retrieve(ids, with_payload=True, with_vector=bool(with_vectors))
         return in_order(ids, records, space, with_vectors)
 
+    def point_ids(self, space: str) -> list[str]:
+        """Every point id of the space (a scroll; for consistency checks, not for queries)."""
+        shard, _ = self._shard(space)
+        out, offset = [], None
+        while True:
+            records, offset = shard.scroll(ScrollRequest(offset=offset, limit=4096, with_payload=False,
+                                                         with_vector=False))
+            out += [str(r.id) for r in records]
+            if offset is None or not records:
+                return out
+
     def optimize(self, space: str) -> None:
         """Run Edge's optimizers until done: segments above indexing_threshold_kb get their HNSW graph."""
         shard, _ = self._shard(space)
@@ -280,7 +291,9 @@ def _open_error(e: Exception, space: str, path: Path) -> Exception:
         return ShardLocked(f"the vector space {space!r} ({path}) is open in another process or another EdgeStore: "
                            "Qdrant Edge allows one owner per folder. Close the other one, or reach it through "
                            "engine.shared_store.SharedStore, which shares one owner between processes")
-    return RuntimeError(f"cannot open the vector space {space!r} at {path}: {e}")
+    return StoreDamaged(f"the vector space {space!r} at {path} cannot be opened ({str(e).splitlines()[0][:300]}): its "
+                        "files are damaged or missing; run `omnibridge doctor --repair` to rebuild it from the "
+                        "database and the files")
 
 
 def _vectors(space: str, vector: np.ndarray, keywords: Sparse | None) -> dict:

@@ -11,6 +11,7 @@ The CLI uses it; the HTTP API and the UI are to use the same object. It knows no
 
 from __future__ import annotations
 
+import math
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,7 +27,7 @@ from .generate import GenerationParams, Generator
 from .keywords import coverage, file_words, keyword_text, query_terms
 from .relevance import KEYWORD_FULL, Calibration, load_calibration
 from .services import Services, get_services
-from .vectors import Sparse
+from .vectors import Sparse, StoreDamaged
 
 EVIDENCE_TEXT_KINDS = ("alt", "tags", "ocr", "filename", "document")
 TARGETS = ("images", "texts")
@@ -178,6 +179,7 @@ class Engine(CatalogMixin):
         pool = max(3 * n, 50)
         while True:
             dense = self.svc.store.search(space, q.vec, k=pool, filter=flt) if q.mode != "keyword" else []
+            self._check_similarities(dense, q.vec)
             sparse = (self.svc.store.keyword_search(space, q.terms, k=pool, filter=flt)
                       if q.terms and q.mode != "vector" else [])
             candidates = {h.id: (h.payload, float(h.score), None) for h in dense}
@@ -203,6 +205,17 @@ class Engine(CatalogMixin):
             if enough or (sparse_done and (dense_done or unseen < floor)) or pool >= MAX_POOL:
                 return hits, sparse is not None
             pool *= 4
+
+    def _check_similarities(self, hits, vec: np.ndarray) -> None:
+        """Vectors written by our models have length <= 2, so |similarity| <= 2 |q|: anything else (or NaN) is read
+        from damaged vector files, and must not be shown as a perfect match."""
+        limit = 2.0 * float(np.linalg.norm(vec)) + 1e-3
+        for h in hits:
+            if not math.isfinite(h.score) or abs(h.score) > limit:
+                where = self.svc.settings.qdrant_url or self.svc.settings.qdrant_path
+                raise StoreDamaged(f"the vector store at {where} returned an impossible similarity ({h.score:.3g}) "
+                                   "for one of its points: its vector data is damaged; run `omnibridge doctor "
+                                   "--repair` to rebuild it from the database and the files")
 
     def _scored(self, q: Query, cal: Calibration, candidates, exclude: int | None, collapse: bool) -> list[dict]:
         hits, groups = [], set()

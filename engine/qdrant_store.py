@@ -160,6 +160,17 @@ class QdrantServerStore:
                            with_vectors=bool(with_vectors))
         return in_order(ids, found, space, with_vectors)
 
+    def point_ids(self, space: str) -> list[str]:
+        """Every point id of the space (a scroll; for consistency checks, not for queries)."""
+        self._dim(space)
+        out, offset = [], None
+        while True:
+            records, offset = self._call(self.client.scroll, self.collection(space), offset=offset, limit=4096,
+                                         with_payload=False, with_vectors=False)
+            out += [str(r.id) for r in records]
+            if offset is None or not records:
+                return out
+
     def optimize(self, space: str) -> None:
         """Nothing to do: the server indexes by itself (and local mode has no index)."""
         self._dim(space)

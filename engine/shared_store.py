@@ -27,16 +27,21 @@ from typing import Callable
 
 from filelock import FileLock, Timeout
 
+from .vectors import SpaceNotFound, StoreDamaged
+
 log = logging.getLogger(__name__)
 
 METHODS = ("ensure_space", "spaces", "upsert", "delete", "set_payload", "search", "keyword_search", "count",
-           "retrieve", "optimize")
+           "retrieve", "point_ids", "optimize")
 CONNECT_TIMEOUT = 60.0  # seconds to find an owner (or become one) before giving up
 CALL_RETRIES = 3
 
 
 class StoreUnavailable(RuntimeError):
     """No process could open the embedded store; the message says which folder and what to check."""
+
+
+_ERRORS = {"ValueError": ValueError, "SpaceNotFound": SpaceNotFound, "StoreDamaged": StoreDamaged}  # kept kinds
 
 
 class SharedStore:
@@ -84,6 +89,9 @@ class SharedStore:
     def retrieve(self, *a, **kw):
         return self._call("retrieve", a, kw)
 
+    def point_ids(self, *a, **kw):
+        return self._call("point_ids", a, kw)
+
     def optimize(self, *a, **kw):
         return self._call("optimize", a, kw)
 
@@ -129,7 +137,7 @@ class SharedStore:
                 if ok:
                     return value
                 kind, message = value
-                raise (ValueError if kind == "ValueError" else RuntimeError)(message)
+                raise _ERRORS.get(kind, RuntimeError)(message)
             raise StoreUnavailable(f"the process owning the vector store at {self.root} kept going away; "
                                    "check that no process is stuck (see owner.json there for its pid)")
 
@@ -225,7 +233,8 @@ class SharedStore:
                     result = self._call_local(method, args, kwargs)
                 reply = (True, result)
             except Exception as e:  # sent back to the caller, who raises it
-                kind = "ValueError" if isinstance(e, ValueError) else type(e).__name__
+                kind = type(e).__name__ if type(e).__name__ in _ERRORS else \
+                    "ValueError" if isinstance(e, ValueError) else type(e).__name__
                 reply = (False, (kind, str(e)))
             try:
                 conn.send(reply)

@@ -59,6 +59,11 @@ class Sparse:
         return bool(self.indices)
 
 
+class StoreDamaged(RuntimeError):
+    """The vector store's files cannot be read, or give impossible results; the message names the folder and says
+    to run `omnibridge doctor --repair` (SQL and the files are the source of truth: the index can be rebuilt)."""
+
+
 class SpaceNotFound(ValueError):
     """A call named a space that the store does not hold; the message lists the spaces it does hold."""
 
@@ -100,6 +105,9 @@ class VectorStore(Protocol):
 
     def retrieve(self, space: str, ids: Sequence[str], with_vectors: bool = False) -> list[tuple[str, dict, np.ndarray | None]]:
         """(id, payload, vector (dim,) float32 or None) of the points that exist, in the order of `ids`."""
+
+    def point_ids(self, space: str) -> list[str]:
+        """Every point id of the space (a full scroll: for consistency checks such as `omnibridge doctor`)."""
 
     def optimize(self, space: str) -> None:
         """Build the HNSW index now (Edge builds lazily); a no-op where the server does it itself."""

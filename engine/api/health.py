@@ -1,21 +1,25 @@
-"""GET /health: liveness and the metadata database; no key needed."""
+"""GET /health: the process, the metadata database and the vector store; no key needed.
+
+200 {"status": "ok"} when both answer and the store holds every point the database lists; 200 "degraded" when
+points are missing (search works on what is left; `omnibridge doctor --repair` rebuilds them); 503 "unavailable"
+when the database or the store cannot be used, with the reason and the fix."""
 
 from __future__ import annotations
 
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse
-from sqlalchemy import text
 
-from .deps import ServicesDep
+from .deps import EngineDep
 
 router = APIRouter(tags=["health"])
 
 
 @router.get("/health")
-def health(svc: ServicesDep):
-    try:
-        with svc.session() as db:
-            db.execute(text("SELECT 1"))
-    except Exception as e:  # the database is down or cannot be migrated: say so, do not crash
-        return JSONResponse({"status": "unavailable", "database": str(e).splitlines()[0]}, status_code=503)
-    return {"status": "ok"}
+def health(engine: EngineDep):
+    report = engine.health()
+    body = {"status": "ok", "database": report["database"], "store": report["store"], "spaces": report["spaces"]}
+    if report["database"] != "ok" or report["store"] != "ok":
+        return JSONResponse({**body, "status": "unavailable", "problem": report["problem"]}, status_code=503)
+    if report["problem"]:
+        return {**body, "status": "degraded", "problem": report["problem"]}
+    return body

@@ -14,6 +14,7 @@ from fastapi import FastAPI, Request
 from fastapi.exception_handlers import http_exception_handler
 from fastapi_offline import FastAPIOffline
 from fastapi.responses import JSONResponse
+from sqlalchemy.exc import DatabaseError as SQLDatabaseError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from engine.db import DatabaseError
@@ -22,6 +23,7 @@ from engine.generate import GeneratorUnavailable
 from engine.qdrant_store import QdrantUnavailable
 from engine.services import Services
 from engine.shared_store import StoreUnavailable
+from engine.vectors import StoreDamaged
 from ingest.uploads import UploadTooLarge
 
 from . import answer, assets, collections, generate, health, jobs, search
@@ -47,6 +49,16 @@ async def _http_error(request: Request, exc: StarletteHTTPException):
     return await http_exception_handler(request, exc)
 
 
+def _database_failed(url: str):
+    async def handler(_request: Request, exc: SQLDatabaseError) -> JSONResponse:
+        reason = str(exc.orig or exc).strip().splitlines()[0]
+        return JSONResponse({"detail": f"the metadata database failed ({reason}); the operator checks it with "
+                                       "`omnibridge doctor` and restores a backup with `omnibridge restore DIR`"},
+                            status_code=503)
+
+    return handler
+
+
 def create_app(services: Services | None = None) -> FastAPI:
     """The API over `services` (default: the process's, from the OMNIBRIDGE_* settings)."""
     engine = Engine(services)
@@ -66,8 +78,9 @@ def create_app(services: Services | None = None) -> FastAPI:
     app.add_exception_handler(ValueError, _status(400))  # MediaError, SourceError, Engine checks: name the value
     app.add_exception_handler(UploadTooLarge, _status(413))
     app.add_exception_handler(GeneratorUnavailable, _status(503))
-    for unavailable in (StoreUnavailable, QdrantUnavailable, DatabaseError):
+    for unavailable in (StoreUnavailable, QdrantUnavailable, DatabaseError, StoreDamaged):
         app.add_exception_handler(unavailable, _status(503))
+    app.add_exception_handler(SQLDatabaseError, _database_failed(engine.svc.settings.db_url))
     for module in (health, search, answer, generate, assets, collections, jobs):
         app.include_router(module.router)
     app.add_middleware(RequestSizeLimit, max_bytes=int(engine.svc.settings.max_request_mb * 2**20),
