@@ -91,6 +91,19 @@ def restore(settings: Settings, src: Path) -> Path:
         for part in ("media", "qdrant"):
             if (src / part).is_dir():
                 shutil.copytree(src / part, home / part)
+        _keep_newer_files(aside / "media", home / "media")
         return aside
     finally:
         lock.release(force=True)
+
+
+def _keep_newer_files(old: Path, new: Path) -> None:
+    """Uploaded or generated files made after the backup are their only copy: put them back beside the backup's
+    (the repair after a restore then indexes them again)."""
+    if not old.is_dir():
+        return
+    for f in old.rglob("*"):
+        target = new / f.relative_to(old)
+        if f.is_file() and not target.exists():
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(f, target)

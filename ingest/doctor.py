@@ -2,7 +2,7 @@
 
 SQL and the files are the source of truth; the vector store is an index of them. Per model space the check finds
 points SQL expects but the store lacks (a deleted or replaced store folder), points the store has but SQL does not
-know (orphans), and vectors that are not finite or whose length differs from their kind's (damaged data). A space
+know (orphans), and vectors that are not finite or of a length no model writes (damaged data). A space
 whose files cannot be opened at all is reported as damaged.
 
 Repair: a damaged embedded space folder is moved aside (kept, never deleted) and created anew; orphans and bad points
@@ -29,7 +29,7 @@ from . import pipeline
 
 log = logging.getLogger(__name__)
 
-NORM_TOLERANCE = 0.01  # a vector whose length is off its kind's median length by more than this share is damaged
+NORM_RANGE = (0.5, 2.0)  # lengths a stored vector can have (see _bad_vectors); outside: damaged data
 CHUNK = 512
 
 
@@ -109,21 +109,14 @@ def _assets(points: set[str] | dict, expected: dict) -> dict[int, list[int]]:
 
 
 def _bad_vectors(svc: Services, space: str, ids: list[str]) -> set[str]:
-    """Points whose vector is not finite, or whose length is off the median length of its kind."""
-    norms: dict[str, float] = {}
-    kinds: dict[str, str] = {}
+    """Points whose vector is missing, not finite, or of a length no model writes (images are unit vectors, text
+    vectors of the gated models have length 1..sqrt(3); random bytes read as float32 are far outside)."""
     bad = set()
     for i in range(0, len(ids), CHUNK):
-        for pid, payload, vec in svc.store.retrieve(space, ids[i:i + CHUNK], with_vectors=True):
-            v = np.asarray(vec, dtype=np.float64)
-            if vec is None or not np.all(np.isfinite(v)):
+        for pid, _, vec in svc.store.retrieve(space, ids[i:i + CHUNK], with_vectors=True):
+            v = None if vec is None else np.asarray(vec, dtype=np.float64)
+            if v is None or not np.all(np.isfinite(v)) or not NORM_RANGE[0] <= np.linalg.norm(v) <= NORM_RANGE[1]:
                 bad.add(pid)
-                continue
-            norms[pid], kinds[pid] = float(np.linalg.norm(v)), str(payload.get("kind"))
-    for kind in set(kinds.values()):
-        members = [p for p in norms if kinds[p] == kind]
-        median = float(np.median([norms[p] for p in members]))
-        bad |= {p for p in members if abs(norms[p] - median) > NORM_TOLERANCE * max(median, 1e-6)}
     return bad
 
 

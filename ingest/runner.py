@@ -81,8 +81,8 @@ class IngestRunner:
         while True:
             try:
                 self.sweep()
-            except Exception:  # the database is briefly unreachable: try again at the next sweep
-                log.warning("sweep for interrupted jobs failed", exc_info=True)
+            except Exception as e:  # the database is unreachable or damaged: try again at the next sweep
+                log.warning("sweep for interrupted jobs failed: %s", str(e).splitlines()[0])
             if self._stop.wait(self.stale / 2):
                 return
 

@@ -51,12 +51,13 @@ class LocalClient:
         from engine.generate import GeneratorUnavailable
         from engine.qdrant_store import QdrantUnavailable
         from engine.shared_store import StoreUnavailable
+        from engine.vectors import StoreDamaged
 
         try:
             yield
         except GeneratorUnavailable as e:
             raise GeneratorMissing(str(e)) from None
-        except (ValueError, ImportError, StoreUnavailable, QdrantUnavailable, DatabaseError) as e:
+        except (ValueError, ImportError, StoreUnavailable, QdrantUnavailable, DatabaseError, StoreDamaged) as e:
             raise ClientError(str(e)) from None
 
     def collections(self) -> list[dict]:
