@@ -294,3 +294,29 @@ def test_library_roots_setting(env, monkeypatch):
     with pytest.raises(SettingsError, match="OMNIBRIDGE_LIBRARY_ROOTS"):
         load_settings()
     assert os.environ["OMNIBRIDGE_LIBRARY_ROOTS"] == "relative/folder"
+
+
+def test_the_read_timeout_covers_the_body_only_not_a_long_streamed_response():
+    """A streamed answer listens for a disconnect while it writes; that wait is not a stalled upload."""
+    import asyncio
+
+    from starlette.applications import Starlette
+    from starlette.responses import StreamingResponse
+    from starlette.routing import Route
+
+    from engine.api.limits import RequestSizeLimit
+
+    async def slow(request):
+        await request.body()
+
+        async def pieces():
+            for i in range(3):
+                await asyncio.sleep(0.4)
+                yield f"piece {i}\n"
+
+        return StreamingResponse(pieces())
+
+    app = RequestSizeLimit(Starlette(routes=[Route("/", slow, methods=["POST"])]), max_bytes=1000, read_timeout=0.3)
+    with TestClient(app) as client:
+        r = client.post("/", content=b"question")
+    assert r.status_code == 200 and r.text == "piece 0\npiece 1\npiece 2\n"

@@ -41,8 +41,12 @@ class RequestSizeLimit:
         seen = 0
         started = refused = False
 
+        body_done = False
+
         async def counted_receive():
-            nonlocal seen, refused
+            nonlocal seen, refused, body_done
+            if body_done:  # later calls wait for a disconnect (e.g. while a streamed answer is sent): no limit
+                return await receive()
             try:
                 message = await asyncio.wait_for(receive(), self.read_timeout)
             except TimeoutError:
@@ -52,6 +56,7 @@ class RequestSizeLimit:
                                                 "(OMNIBRIDGE_REQUEST_TIMEOUT); send the whole body at once")
                 raise BodyTimeout() from None
             if message["type"] == "http.request":
+                body_done = not message.get("more_body", False)
                 seen += len(message.get("body", b""))
                 if seen > self.max_bytes:
                     if not started and not refused:  # answer now: the app may turn our exception into a 400
