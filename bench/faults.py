@@ -56,7 +56,7 @@ def library(folder: Path, n: int) -> Path:
 
 
 def env_for(home: Path) -> dict:
-    return {**os.environ, "OMNIBRIDGE_HOME": str(home), "OMNIBRIDGE_LIBRARY_ROOTS": str(home.parent),
+    return {**os.environ, "OMNIBRIDGE_HOME": str(home), "OMNIBRIDGE_LIBRARY_ROOTS": str(home.parent.parent),
             "OMNIBRIDGE_ADMIN_KEY": ADMIN, "OMNIBRIDGE_JOB_STALE_SECONDS": "3", "OMNIBRIDGE_BATCH_SIZE": "4",
             "HF_HUB_OFFLINE": "1"}
 
