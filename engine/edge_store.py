@@ -25,6 +25,7 @@ from __future__ import annotations
 import json
 import numbers
 import threading
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Sequence
 
@@ -132,7 +133,8 @@ class EdgeStore:
         request = QueryRequest(limit=int(k), offset=int(offset), query=Query.Nearest(vector, using=space),
                                filter=edge_filter(parse_filter(filter)), with_payload=True, with_vector=False,
                                params=SearchParams(exact=bool(exact), hnsw_ef=self.hnsw_ef))
-        return [Hit(str(p.id), float(p.score), dict(p.payload or {})) for p in shard.query(request)]
+        with _damage_guard(self.root, space):
+            return [Hit(str(p.id), float(p.score), dict(p.payload or {})) for p in shard.query(request)]
 
     def keyword_search(self, space: str, query: Sparse, k: int = 10, filter: dict | None = None,
                        offset: int = 0) -> list[Hit] | None:
@@ -146,11 +148,13 @@ class EdgeStore:
                                query=Query.Nearest(SparseVector(list(query.indices), list(query.values)),
                                                    using=KEYWORDS),
                                filter=edge_filter(parse_filter(filter)), with_payload=True, with_vector=False)
-        return [Hit(str(p.id), float(p.score), dict(p.payload or {})) for p in shard.query(request)]
+        with _damage_guard(self.root, space):
+            return [Hit(str(p.id), float(p.score), dict(p.payload or {})) for p in shard.query(request)]
 
     def count(self, space: str, filter: dict | None = None) -> int:
         shard, _ = self._shard(space)
-        return shard.count(CountRequest(exact=True, filter=edge_filter(parse_filter(filter))))
+        with _damage_guard(self.root, space):
+            return shard.count(CountRequest(exact=True, filter=edge_filter(parse_filter(filter))))
 
     def retrieve(self, space: str, ids: Sequence[str], with_vectors: bool = False
                  ) -> list[tuple[str, dict, np.ndarray | None]]:
@@ -158,7 +162,8 @@ class EdgeStore:
         ids = check_ids(ids)
         if not ids:
             return []
-        records = shard.retrieve(ids, with_payload=True, with_vector=bool(with_vectors))
+        with _damage_guard(self.root, space):
+            records = shard.retrieve(ids, with_payload=True, with_vector=bool(with_vectors))
         return in_order(ids, records, space, with_vectors)
 
     def point_ids(self, space: str) -> list[str]:
@@ -166,8 +171,9 @@ class EdgeStore:
         shard, _ = self._shard(space)
         out, offset = [], None
         while True:
-            records, offset = shard.scroll(ScrollRequest(offset=offset, limit=4096, with_payload=False,
-                                                         with_vector=False))
+            with _damage_guard(self.root, space):
+                records, offset = shard.scroll(ScrollRequest(offset=offset, limit=4096, with_payload=False,
+                                                             with_vector=False))
             out += [str(r.id) for r in records]
             if offset is None or not records:
                 return out
@@ -242,7 +248,9 @@ class EdgeStore:
         path = self.root / space
         try:
             shard = EdgeShard.create(str(path), self._config(space, dim))
-        except Exception as e:  # qdrant_edge raises plain Exception
+        except BaseException as e:  # qdrant_edge raises plain Exception, or a Rust panic (a BaseException)
+            if not _is_panic(e) and not isinstance(e, Exception):
+                raise
             raise _open_error(e, space, path) from e
         self._shards[space] = (shard, dim)
         self._add_indexes(shard)
@@ -262,7 +270,9 @@ class EdgeStore:
             path = self.root / space
             try:
                 shard = EdgeShard.load(str(path), self._config(space, dim, self._has_keywords(space)))
-            except Exception as e:
+            except BaseException as e:  # damaged segments can make the Rust code panic (a BaseException)
+                if not _is_panic(e) and not isinstance(e, Exception):
+                    raise
                 raise _open_error(e, space, path) from e
             self._shards[space] = (shard, dim)
             self._add_indexes(shard)
@@ -286,7 +296,24 @@ class EdgeStore:
             raise RuntimeError(f"this EdgeStore on {self.root} was closed; open a new EdgeStore({str(self.root)!r})")
 
 
-def _open_error(e: Exception, space: str, path: Path) -> Exception:
+def _is_panic(e: BaseException) -> bool:
+    """A Rust panic inside qdrant-edge (pyo3's PanicException derives from BaseException, not Exception)."""
+    return type(e).__name__ == "PanicException"
+
+
+@contextmanager
+def _damage_guard(root: Path, space: str):
+    """A panic while reading a shard means its files are damaged: StoreDamaged with the fix, not a crash."""
+    try:
+        yield
+    except BaseException as e:
+        if not _is_panic(e):
+            raise
+        raise StoreDamaged(f"reading the vector space {space!r} under {root} failed ({str(e).splitlines()[0][:200]}): "
+                           "its files are damaged; run `omnibridge doctor --repair`") from None
+
+
+def _open_error(e: BaseException, space: str, path: Path) -> Exception:
     if "WouldBlock" in str(e):
         return ShardLocked(f"the vector space {space!r} ({path}) is open in another process or another EdgeStore: "
                            "Qdrant Edge allows one owner per folder. Close the other one, or reach it through "

@@ -22,7 +22,7 @@ import numpy as np
 from sqlalchemy import delete, select, update
 
 from engine.db import Asset, Collection, Job, Model, Vector, utcnow
-from engine.services import Services
+from engine.services import Services, model_identity, space_name
 from engine.vectors import StoreDamaged
 
 from . import pipeline
@@ -35,7 +35,7 @@ CHUNK = 512
 
 def check(svc: Services, repair: bool = False) -> dict:
     """{"ok", "spaces": [per-space report], "repaired": {...}}; see the module docstring."""
-    current = svc.model_row()[1] if repair else None  # registers (and creates) the configured model's space
+    current = space_name(*model_identity(svc.settings.model))  # the configured model's space (not opened yet)
     with svc.session() as db:
         models = db.execute(select(Model.id, Model.name, Model.space, Model.dim)).all()
     spaces, reembed = [], {}

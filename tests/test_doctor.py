@@ -74,7 +74,8 @@ def test_a_deleted_vector_folder_is_noticed_and_rebuilt(indexed, model):  # noqa
     assert top(svc, "a cup of coffee") == before
 
 
-def test_random_bytes_in_the_vector_files_never_give_a_perfect_match(indexed, model):  # noqa: F811
+@pytest.mark.parametrize("keep", [1024, 0], ids=["data", "whole-files"])
+def test_random_bytes_in_the_vector_files_never_give_a_perfect_match(indexed, model, keep):  # noqa: F811
     home, svc = indexed
     close_store(svc.settings)
     rng = np.random.default_rng(0)
@@ -82,7 +83,7 @@ def test_random_bytes_in_the_vector_files_never_give_a_perfect_match(indexed, mo
     for f in sorted((home / "qdrant").rglob("*")):
         if f.is_file() and f.stat().st_size > 4096 and "segments" in f.parts:
             data = bytearray(f.read_bytes())
-            data[1024:-1024] = rng.integers(0, 256, len(data) - 2048, dtype=np.uint8).tobytes()
+            data[keep:len(data) - keep] = rng.integers(0, 256, len(data) - 2 * keep, dtype=np.uint8).tobytes()
             f.write_bytes(bytes(data))
             damaged += 1
     assert damaged

@@ -51,6 +51,8 @@ class LocalClient:
         from engine.generate import GeneratorUnavailable
         from engine.qdrant_store import QdrantUnavailable
         from engine.shared_store import StoreUnavailable
+        from sqlalchemy.exc import DatabaseError as SQLError
+
         from engine.vectors import StoreDamaged
 
         try:
@@ -59,6 +61,9 @@ class LocalClient:
             raise GeneratorMissing(str(e)) from None
         except (ValueError, ImportError, StoreUnavailable, QdrantUnavailable, DatabaseError, StoreDamaged) as e:
             raise ClientError(str(e)) from None
+        except SQLError as e:  # a damaged database met mid-query
+            raise ClientError(f"the metadata database failed ({str(e.orig or e).splitlines()[0]}); check it with "
+                              "`omnibridge doctor`, restore a backup with `omnibridge restore DIR`") from None
 
     def collections(self) -> list[dict]:
         with self._errors():
