@@ -5,11 +5,14 @@ also runs over the HTTP API (HttpClient against the real app through TestClient)
 
 from __future__ import annotations
 
+import io
+
 import shutil
 from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
+from PIL import Image
 from sqlalchemy import select
 from streamlit.testing.v1 import AppTest
 
@@ -252,11 +255,22 @@ def test_upload_create_and_watch_ingestion_with_per_file_errors(local, svc, phot
     assert "Nothing was ingested: /no/such/folder: no such file or folder" in texts(at)
 
 
-def test_upload_of_a_non_image_is_refused_by_name(local):
+def test_upload_of_a_non_image_is_refused_by_name(local, photos):  # noqa: F811
     at = app("collections")
     at.file_uploader(key="uploads").upload("fake.png", b"not an image", "image/png").run()
     at.button(key="upload_button").click().run()
     assert "Nothing was ingested: 'fake.png' is not a readable image" in texts(at)
+    # with good files beside it, the good ones are indexed and the bad one is listed with its reason
+    uploader = at.file_uploader(key="uploads")
+    buf = io.BytesIO()
+    Image.open(photos.parent / "images" / "moon.png").rotate(90).save(buf, "PNG")  # new to the collection
+    uploader.upload("moon-turned.png", buf.getvalue(), "image/png")
+    uploader.upload("fake2.png", b"still not an image", "image/png").run()
+    at.button(key="upload_button").click().run()
+    shown = texts(at)
+    assert "indexed 1" in shown and "failed 1" in shown and "Files that could not be indexed (1)" in shown, shown
+    errors = at.dataframe[-1].value
+    assert list(errors["file"]) == ["fake2.png"] and "not a readable image" in errors["reason"][0]
 
 
 # -- explore ---------------------------------------------------------------------------------------------------
