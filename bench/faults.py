@@ -280,10 +280,16 @@ def disk_full(work: Path, lib: Path, n: int) -> dict:
             shutil.copy(f, half / f.name)
         first = cli(home, "ingest", str(half), "--collection", "lib", "--json")
         assert first.returncode == 0, first.stderr[-1000:]
-        free = shutil.disk_usage(mnt).free
         filler = mnt / "filler"
-        with open(filler, "wb") as f:  # leave ~64 KiB
-            f.write(b"\0" * max(free - 64 * 1024, 0))
+        with open(filler, "wb") as f:  # fill the disk up, then give back ~64 KiB
+            try:
+                while True:
+                    f.write(b"\0" * (1 << 20))
+                    f.flush()
+            except OSError:
+                pass
+        with open(filler, "r+b") as f:
+            f.truncate(max(filler.stat().st_size - 64 * 1024, 0))
         full = cli(home, "ingest", str(lib), "--collection", "lib", "--json")
         noticed = "No space left" in (full.stdout + full.stderr) or full.returncode != 0
         filler.unlink()
