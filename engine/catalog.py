@@ -75,7 +75,8 @@ class CatalogMixin:
         and keep resuming stalled ones (embedded broker; workers do it themselves). Idempotent."""
         self.ingest_runner.start_recovery()
 
-    def start_ingest(self, collection: str, paths: list[str], ocr: bool = False, confine: list[str] | None = None) -> int:
+    def start_ingest(self, collection: str, paths: list[str], ocr: bool = False,
+                     confine: list[str] | None = None) -> int:
         """Start a job over folders, files or PAIRS.jsonl (a bad path raises ValueError now); returns its id.
 
         Embedded broker: one job at a time on a background thread of this process; else queued to the workers."""

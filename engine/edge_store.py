@@ -37,8 +37,8 @@ from qdrant_edge import (
 )
 
 from .vectors import (
-    INDEXED_FIELDS, KEYWORDS, Condition, Hit, Sparse, SpaceNotFound, StoreDamaged, check_ids, check_keywords, check_points,
-    check_query, check_space, check_sparse_query, dim_mismatch, in_order, parse_filter,
+    INDEXED_FIELDS, KEYWORDS, Condition, Hit, Sparse, SpaceNotFound, StoreDamaged, check_ids, check_keywords,
+    check_points, check_query, check_space, check_sparse_query, dim_mismatch, in_order, parse_filter,
 )
 
 CONFIG_FILE = "edge_config.json"  # written by Edge into every shard folder; its presence makes a folder a space

@@ -9,7 +9,6 @@ listed among the job's errors while the others are indexed."""
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Annotated
 
 from fastapi import APIRouter, File, Form, HTTPException, Query, UploadFile
