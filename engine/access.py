@@ -111,8 +111,10 @@ def served_file(db, settings: Settings, uri: str, coll: Collection) -> Path | No
     path = Path(uri).resolve(strict=True)
     if not path.is_file():
         return None
-    allowed = collection_sources(db, coll) + [upload_folder(settings, coll.name)]
-    if any(path == src or path.is_relative_to(src) for src in allowed):
+    quick = [upload_folder(settings, coll.name), Path(coll.root).resolve()]  # most files: no job list needed
+    if any(path.is_relative_to(src) for src in quick):
+        return path
+    if any(path == src or path.is_relative_to(src) for src in collection_sources(db, coll)):
         return path
     return None
 

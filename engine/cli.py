@@ -266,6 +266,9 @@ def _run_ingest(svc, paths: list[str], collection: str, ocr: bool = False, worke
             if embedded:
                 worker.recover()  # finish what an interrupted `omnibridge ingest` left
             job_id = worker.submit(paths, collection, ocr=ocr)
+            beat = pipeline.Heartbeat(svc, interval=svc.settings.job_stale_seconds / 4)
+            if embedded:  # this process runs the job: no other process takes it over while it waits its turn
+                beat.hold(job_id)
             bar = tqdm(total=None, unit="file", desc=f"job {job_id}", disable=quiet, dynamic_ncols=True)
             started, warned = time.monotonic(), False
             while True:
@@ -283,6 +286,7 @@ def _run_ingest(svc, paths: list[str], collection: str, ocr: bool = False, worke
                     warned = True
                 time.sleep(0.3)
             bar.close()
+            beat.close()
     except KeyboardInterrupt:
         where = "the next `omnibridge ingest` finishes it" if embedded else "the workers carry on with it"
         _fail(f"interrupted; job {job_id} keeps what is done and {where}" if job_id else "interrupted")
