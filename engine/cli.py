@@ -364,6 +364,9 @@ def doctor(
         for job in report["repaired"].get("reembedded_jobs", []):
             typer.echo(f"re-embedded in job {job['id']} ({job['collection']}): indexed {job['indexed']}, "
                        f"failed {job['failed']}")
+        for job in report["repaired"].get("adopted_jobs", []):
+            typer.echo(f"indexed again files the database did not know ({job['collection']}, job {job['id']}): "
+                       f"{job['indexed']}, failed {job['failed']}")
         for job in report["repaired"].get("rescanned_jobs", []):
             typer.echo(f"rescanned {job['collection']} (job {job['id']}): new or changed {job['indexed']}, "
                        f"removed {job['removed']}, failed {job['failed']}")
@@ -397,8 +400,10 @@ def restore(src: Annotated[Path, typer.Argument(help="a folder written by `omnib
         _fail(str(e))
     typer.echo(f"restored {src}; the data it replaced is in {aside}")
     report = doc.check(_services(), repair=True)
-    typer.echo(f"index repaired: {sum(j['indexed'] for j in report['repaired']['reembedded_jobs'])} re-embedded, "
-               f"{sum(j['indexed'] for j in report['repaired']['rescanned_jobs'])} new or changed files found")
+    done = report["repaired"]
+    typer.echo(f"index repaired: {sum(j['indexed'] for j in done['reembedded_jobs'])} re-embedded, "
+               f"{sum(j['indexed'] for j in done['adopted_jobs'])} files indexed after the backup found again, "
+               f"{sum(j['indexed'] for j in done['rescanned_jobs'])} new or changed files found")
 
 
 @app.command()

@@ -6,7 +6,8 @@ A backup is a folder: `omnibridge.db` (SQLite's online backup: consistent even w
 (which `restore` runs) makes it agree with the database and the files again.
 
 Restore refuses while a process owns the data (API, UI, ingest, worker): stop them first. What it replaces is moved
-to HOME/replaced-<time>/, never deleted. PostgreSQL and a Qdrant server are backed up with their own tools
+to HOME/replaced-<time>/, never deleted. A vector store that still opens is kept rather than replaced by the backup's:
+it also knows the files indexed after the backup, and the repair indexes them again from their paths. PostgreSQL and a Qdrant server are backed up with their own tools
 (pg_dump, Qdrant snapshots): README, "Backup and restore".
 """
 
@@ -84,17 +85,35 @@ def restore(settings: Settings, src: Path) -> Path:
         db = _db_path(settings)
         if db.exists():
             shutil.move(str(db), str(aside / DB_FILE))
-        for part in ("media", "qdrant"):
+        keep_vectors = _readable_store(home / "qdrant")  # newer than the backup: doctor adopts what SQL forgot
+        for part in ("media",) if keep_vectors else ("media", "qdrant"):
             if (home / part).exists():
                 shutil.move(str(home / part), str(aside / part))
         shutil.copy2(src / DB_FILE, db)
-        for part in ("media", "qdrant"):
+        for part in ("media",) if keep_vectors else ("media", "qdrant"):
             if (src / part).is_dir():
                 shutil.copytree(src / part, home / part)
         _keep_newer_files(aside / "media", home / "media")
         return aside
     finally:
         lock.release(force=True)
+
+
+def _readable_store(folder: Path) -> bool:
+    """Whether the current vector store opens: then it is kept (it knows files indexed after the backup)."""
+    from engine.edge_store import EdgeStore
+
+    if not folder.is_dir():
+        return False
+    store = EdgeStore(folder)
+    try:
+        for space in store.spaces():
+            store.count(space)
+        return bool(store.spaces())
+    except Exception:  # damaged: the backup's copy is used instead
+        return False
+    finally:
+        store.close()
 
 
 def _keep_newer_files(old: Path, new: Path) -> None:

@@ -6,7 +6,7 @@ know (orphans), and vectors that are not finite or of a length no model writes (
 whose files cannot be opened at all is reported as damaged.
 
 Repair: a damaged embedded space folder is moved aside (kept, never deleted) and created anew; orphans and bad points
-are deleted; the assets behind missing or bad points of the configured model are embedded again from their files,
+are deleted, and the files orphans name (a restored, older database forgot them) are indexed again; the assets behind missing or bad points of the configured model are embedded again from their files,
 in a job per collection (other models' spaces are re-embedded by the next `omnibridge ingest` with that model);
 finally each collection's folders are scanned again, so files a restored, older database did not know come back.
 """
@@ -38,9 +38,11 @@ def check(svc: Services, repair: bool = False) -> dict:
     current = space_name(*model_identity(svc.settings.model))  # the configured model's space (not opened yet)
     with svc.session() as db:
         models = db.execute(select(Model.id, Model.name, Model.space, Model.dim)).all()
-    spaces, reembed = [], {}
+    spaces, reembed, adopt = [], {}, {}
     for model_id, name, space, dim in models:
         report = _check_space(svc, model_id, name, space, dim, repair)
+        for collection, files in report.pop("to_adopt", {}).items():
+            adopt.setdefault(collection, set()).update(files)
         spaces.append(report)
         if repair and report["to_reembed"]:
             if space == current:
@@ -51,6 +53,8 @@ def check(svc: Services, repair: bool = False) -> dict:
     repaired = {}
     if repair:
         repaired["reembedded_jobs"] = _reembed(svc, reembed)
+        repaired["adopted_jobs"] = [pipeline.run_inline(svc, sorted(files), collection)
+                                    for collection, files in sorted(adopt.items())]
         repaired["rescanned_jobs"] = _rescan(svc)
     ok = all(not (s["missing"] or s["orphans"] or s["bad"] or s["damaged"]) for s in spaces)
     return {"ok": ok, "spaces": spaces, "repaired": repaired}
@@ -94,9 +98,22 @@ def _check_space(svc: Services, model_id: int, name: str, space: str, dim: int, 
     bad = _bad_vectors(svc, space, sorted(present & set(expected)))
     report.update(missing=len(missing), orphans=len(orphans), bad=len(bad))
     report["to_reembed"] = _assets(missing | bad, expected)
+    if repair and orphans:  # files the database forgot (a restored, older database): indexed again below
+        report["to_adopt"] = _orphan_files(svc, space, sorted(orphans))
     if repair and (orphans or bad):
         svc.store.delete(space, sorted(orphans | bad))
     return report
+
+
+def _orphan_files(svc: Services, space: str, ids: list[str]) -> dict[str, set[str]]:
+    """{collection: files} named by orphan points' payloads that still exist on disk."""
+    out: dict[str, set[str]] = {}
+    for i in range(0, len(ids), CHUNK):
+        for _, payload, _ in svc.store.retrieve(space, ids[i:i + CHUNK]):
+            path, collection = payload.get("path"), payload.get("collection")
+            if path and collection and Path(path).is_file():
+                out.setdefault(collection, set()).add(path)
+    return out
 
 
 def _assets(points: set[str] | dict, expected: dict) -> dict[int, list[int]]:

@@ -140,6 +140,11 @@ def test_backup_and_restore_lose_nothing(indexed, model, tmp_path, photos):  # n
     while pipeline.job_summary(svc, job)["status"] not in ("done", "failed"):
         assert time.monotonic() < deadline
         time.sleep(0.1)
+    # ... and a library folder indexed after the backup (the restored database will not know it)
+    late = tmp_path / "late-folder"
+    late.mkdir()
+    Image.open(photos.parent / "images" / "horse.png").rotate(180).save(late / "late-horse.png")
+    assert pipeline.run_inline(svc, [str(late)], "photos")["indexed"] == 1
     # restore refuses while a process owns the data
     svc.store.spaces()
     with pytest.raises(ValueError, match="a process is using"):
@@ -154,3 +159,5 @@ def test_backup_and_restore_lose_nothing(indexed, model, tmp_path, photos):  # n
     hits = Engine(svc).search(text="late rocket", collection="photos", mode="keyword")["hits"]
     assert [Path(h["path"]).name for h in hits][:1] == ["late-rocket.png"], (hits, report["repaired"])
     assert Engine(svc).search(text="coffee", collection="photos", mode="keyword")["hits"]
+    hits = Engine(svc).search(text="late horse", collection="photos", mode="keyword")["hits"]
+    assert [Path(h["path"]).name for h in hits][:1] == ["late-horse.png"], report["repaired"]
