@@ -271,7 +271,7 @@ def disk_full(work: Path, lib: Path, n: int) -> dict:
         return row("disk-full", "-", "skipped (needs root to mount a tmpfs)", 0, 0)
     mnt = work / "small"
     mnt.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=96m", "tmpfs", str(mnt)], check=True)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256m", "tmpfs", str(mnt)], check=True)
     try:
         home = mnt / "home"
         half = work / "half"
@@ -281,11 +281,10 @@ def disk_full(work: Path, lib: Path, n: int) -> dict:
         first = cli(home, "ingest", str(half), "--collection", "lib", "--json")
         assert first.returncode == 0, first.stderr[-1000:]
         filler = mnt / "filler"
-        with open(filler, "wb") as f:  # fill the disk up, then give back ~64 KiB
+        with open(filler, "wb", buffering=0) as f:  # fill the disk up, then give back ~64 KiB
             try:
                 while True:
                     f.write(b"\0" * (1 << 20))
-                    f.flush()
             except OSError:
                 pass
         with open(filler, "r+b") as f:
@@ -302,7 +301,8 @@ def disk_full(work: Path, lib: Path, n: int) -> dict:
         ok = len(found) == n
         return row("disk-full", "job failed with the OS error" if noticed else "NOT noticed",
                    "free space, `omnibridge ingest` again" if ok else "NOT recovered", n - len(found), seconds,
-                   f"first half ({n // 2}) kept through the failure")
+                   f"first half ({n // 2}) kept through the failure; the full run said: "
+                   + ((full.stderr.strip().splitlines() or [""])[-1][:160] or f"exit {full.returncode}"))
     finally:
         subprocess.run(["umount", "-l", str(mnt)], check=False)
 
@@ -329,6 +329,9 @@ def main() -> None:
             try:
                 rows.append(fault(work, lib, args.images))
             except Exception as e:  # a fault the product did not survive is a result, not a crash of the bench
+                import traceback
+
+                traceback.print_exc()
                 rows.append(row(name, "?", f"bench error: {type(e).__name__}: {e}", -1, 0))
             print(json.dumps(rows[-1]), file=sys.stderr)
     if args.json:

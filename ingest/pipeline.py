@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import threading
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -33,6 +34,25 @@ EMBEDDED_TEXT_KINDS = ("caption", "alt", "ocr", "document")  # texts that get th
 NEAR_DUP_BITS = 6  # perceptual hashes within this Hamming distance (of 64 bits) are near-duplicates...
 NEAR_DUP_COLOUR = 12.0  # ...if their quarters' mean colours also differ by at most this much (0..255, mean abs)
 MAX_TEXT_PAYLOAD = 2000
+
+
+MIN_FREE_MB = 96  # below this free space in the data directory a job stops (Edge's memory-mapped WAL grows in 32 MiB
+# segments: writing past a full disk through a memory map kills the process with SIGBUS instead of raising)
+
+
+class DiskFull(RuntimeError):
+    """The data directory's disk is (nearly) full; the job stops with its files still pending, to resume later."""
+
+
+def check_free_space(svc: Services) -> None:
+    """Raise DiskFull naming the folder and the fix when the disk holding OMNIBRIDGE_HOME is nearly full."""
+    home = svc.settings.home
+    home.mkdir(parents=True, exist_ok=True)
+    free = shutil.disk_usage(home).free / 2**20
+    if free < MIN_FREE_MB:
+        raise DiskFull(f"the disk holding {home} has {free:.0f} MB free (at least {MIN_FREE_MB} MB are needed): free "
+                       "space there or move OMNIBRIDGE_HOME, then run the ingest again; what is done is kept and "
+                       "the rest resumes")
 
 
 class SourceError(ValueError):
@@ -276,6 +296,7 @@ def _remove_missing(svc: Services, db, cid: int, roots: list[Path], present: set
 
 def embed(svc: Services, job_id: int, asset_ids: list[int]) -> dict[str, int]:
     """Validate, decode and embed a batch of pending assets; upsert their points; mark them indexed or failed."""
+    check_free_space(svc)
     s = svc.settings
     model_id, space, _ = svc.model_row()
     with svc.session() as db:
@@ -654,6 +675,7 @@ def run_job(svc: Services, job_id: int) -> dict:
     """A whole registered job in this thread, no queue (scan, embed in batches, finalize): for the API's embedded
     mode and a handful of files. A bad source or a store/database failure is recorded on the job, not raised."""
     try:
+        check_free_space(svc)
         pending = scan(svc, job_id)
         size = svc.settings.batch_size
         for i in range(0, len(pending), size):

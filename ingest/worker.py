@@ -62,7 +62,7 @@ def _retrying() -> Retrying:
     """Transient trouble (a busy database, the store's owner changing hands) is retried inside the task: no
     re-queueing, so it works the same on every broker."""
     return Retrying(stop=stop_after_attempt(4), wait=wait_exponential(multiplier=0.5, max=8), reraise=True,
-                    retry=retry_if_not_exception_type(pipeline.SourceError),
+                    retry=retry_if_not_exception_type((pipeline.SourceError, pipeline.DiskFull)),
                     before_sleep=lambda rs: log.warning("retrying after: %s", rs.outcome.exception()))
 
 
@@ -88,8 +88,9 @@ def scan_task(job_id: int) -> int:
 def _scan(job_id: int) -> int:
     svc = _svc()
     try:
+        pipeline.check_free_space(svc)
         pending = _retrying()(pipeline.scan, svc, job_id)
-    except pipeline.SourceError as e:
+    except (pipeline.SourceError, pipeline.DiskFull) as e:
         pipeline.fail_job(svc, job_id, str(e))
         return 0
     except Exception as e:  # not a bad file: the database or the vector store, for good
@@ -115,6 +116,9 @@ def _embed(job_id: int, asset_ids: list[int]) -> dict:
     svc = _svc()
     try:
         counts = _retrying()(pipeline.embed, svc, job_id, asset_ids)
+    except pipeline.DiskFull as e:  # not the files' fault: they stay pending, and the next ingest resumes them
+        pipeline.fail_job(svc, job_id, str(e))
+        return {"indexed": 0, "failed": 0}
     except Exception as e:  # not a bad file (those are recorded inside embed): the store or the database
         log.exception("batch of job %s failed for good", job_id)
         counts = pipeline.fail_assets(svc, job_id, asset_ids, f"internal error while embedding: {e}")

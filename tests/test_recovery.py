@@ -158,3 +158,24 @@ def test_a_worker_sweep_requeues_a_stalled_jobs_batches(tmp_path, monkeypatch, m
     for jid, ids in queued:
         worker._embed(jid, ids)
     assert pipeline.job_summary(svc, job_id)["status"] == "done"
+
+
+def test_a_full_disk_stops_the_job_cleanly_and_the_next_ingest_finishes_it(tmp_path, monkeypatch, model):  # noqa: F811
+    """Below MIN_FREE_MB the job stops with a message naming the folder and the fix (the memory-mapped WAL would
+    otherwise die of SIGBUS); its files stay pending, not failed, and the next ingest indexes them all."""
+    write_images(tmp_path / "pics", 10)
+    svc = Services(load_settings(home=tmp_path / "home", batch_size=4))
+    svc._model = model
+    job = pipeline.run_inline(svc, [str(tmp_path / "pics")], "pics")
+    assert job["indexed"] == 10
+    write_images(tmp_path / "pics", 16, seed=1)  # 16 new pictures (img0000..img0015 rewritten, 6 more)
+    monkeypatch.setattr(pipeline, "MIN_FREE_MB", 10**9)
+    job = pipeline.run_inline(svc, [str(tmp_path / "pics")], "pics")
+    assert job["status"] == "failed" and "MB free" in job["error"] and str(svc.settings.home) in job["error"]
+    assert job["failed"] == 0
+    monkeypatch.setattr(pipeline, "MIN_FREE_MB", 96)
+    job = pipeline.run_inline(svc, [str(tmp_path / "pics")], "pics")
+    assert job["status"] == "done", job
+    with svc.session() as db:
+        statuses = db.execute(select(Asset.status, func.count()).group_by(Asset.status)).all()
+    assert dict(statuses) == {"indexed": 16}
