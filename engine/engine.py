@@ -21,6 +21,7 @@ from sqlalchemy import func, select
 
 from .answer import Answer, Evidence, load_answerer, stream_answer
 from .catalog import CatalogMixin
+from .extractive import COUNT_K, search_texts, wants_many
 from .db import Asset, Collection, GeneratedAsset, Text
 from .generate import GenerationParams, Generator
 from .keywords import coverage, file_words, keyword_text, query_terms
@@ -79,12 +80,25 @@ def store_filter(filters: dict) -> dict:
     return out
 
 
+def _measured(path: str | None) -> dict:
+    """The visual facts of an evidence image (engine.visual), empty when the file cannot be read."""
+    from .visual import measure
+
+    try:
+        facts = measure(path)
+    except (OSError, ValueError, TypeError):
+        return {}
+    return {"colours": facts.colours, "brightness": facts.brightness, "colourfulness": facts.colourfulness}
+
+
 class Engine(CatalogMixin):
     def __init__(self, services: Services | None = None):
         self.svc = services or get_services()
         self._lock = threading.Lock()
         self._encode = threading.Lock()  # one query encode at a time: torch already uses every core for one
         self._answerer = None
+        self._answerer_load = threading.Lock()  # one load at a time; answers wait for it
+        self._answerer_state, self._answerer_error = "not loaded", None
         self._calibration: Calibration | None = None
         self._generator: Generator | None = None
 
@@ -256,7 +270,11 @@ class Engine(CatalogMixin):
         texts from SQL and, where the backbone has a classifier, its predicted labels."""
         from ingest.media import load_image
 
-        hits = self.search(text=question, collection=collection, k=k, min_relevance=min_relevance)["hits"]
+        found: dict[int, dict] = {}
+        for text in search_texts(question):  # a comparison: each side on its own
+            for h in self.search(text=text, collection=collection, k=k, min_relevance=min_relevance)["hits"]:
+                found[h["id"]] = max(found.get(h["id"], h), h, key=lambda x: x["score"])
+        hits = sorted(found.values(), key=lambda h: -h["score"])
         ids = [h["id"] for h in hits]
         texts: dict[int, dict[str, str]] = {i: {} for i in ids}
         captions: dict[int, str] = {}
@@ -278,13 +296,39 @@ class Engine(CatalogMixin):
             except (OSError, ValueError):  # a file gone since ingest: answer from its texts alone
                 pass
         return [Evidence(asset_id=h["id"], score=h["score"], caption=captions.get(h["id"]), texts=texts[h["id"]],
-                         labels=lab, image_path=h["path"]) for h, lab in zip(hits, labels)]
+                         labels=lab, image_path=h["path"], **_measured(h["path"])) for h, lab in zip(hits, labels)]
 
     def answerer(self):
+        """The configured answerer, loaded (weights read, warmed up) on the first call; see `warm_answerer`."""
         with self._lock:
             if self._answerer is None:
                 self._answerer = load_answerer(self.svc.settings.answerer, device=self.svc.settings.device)
-            return self._answerer
+            answerer = self._answerer
+        with self._answerer_load:
+            if self._answerer_state != "ready":
+                getattr(answerer, "load", lambda: None)()
+                self._answerer_state = "ready"
+        return answerer
+
+    def warm_answerer(self) -> threading.Thread:
+        """Load the answerer in a background thread (the API and the UI call this at start, so the first answer
+        does not wait for the model); `answerer_status()` says how far it got."""
+        def run():
+            try:
+                self.answerer()
+            except Exception as e:  # reported by answerer_status; the first answer will raise it again
+                self._answerer_state, self._answerer_error = "failed", f"{type(e).__name__}: {e}"
+
+        with self._lock:
+            if self._answerer_state == "not loaded":
+                self._answerer_state = "loading"
+        thread = threading.Thread(target=run, name="answerer-load", daemon=True)
+        thread.start()
+        return thread
+
+    def answerer_status(self) -> dict:
+        """{"answerer": the setting, "state": "not loaded" | "loading" | "ready" | "failed", "error": ...}."""
+        return {"answerer": self.svc.settings.answerer, "state": self._answerer_state, "error": self._answerer_error}
 
     def stream_answer(self, question: str, collection: str | None = None, k: int = 5,
                       min_relevance: float | None = None) -> Iterator[str | Answer]:
@@ -293,7 +337,7 @@ class Engine(CatalogMixin):
         none, the answer abstains without loading the language model."""
         if not isinstance(question, str) or not question.strip():
             raise ValueError("the question is empty; ask something about the collection")
-        evidence = self.evidence(question, collection, k, min_relevance)
+        evidence = self.evidence(question, collection, max(k, COUNT_K) if wants_many(question) else k, min_relevance)
         answerer = self.answerer() if evidence else None
         yield from stream_answer(answerer, question, evidence, min_score=0.0)
 
