@@ -120,12 +120,14 @@ def read_question(text: str) -> Question:
 
 
 def search_texts(question: str) -> list[str]:
-    """What to search for to find the question's evidence: each side of a comparison on its own (one search for
-    "the moon or the coins" finds neither well), else the question itself."""
+    """What to search for to find the question's evidence: its subject, without the words about the question
+    itself ("which emoji shows", "what colour is", "photo"), which no caption holds and which would dilute the
+    keyword coverage of the words that matter; each side of a comparison on its own (one search for "the moon or
+    the coins" finds neither well); the question itself when it has no subject word."""
     q = read_question(question)
     if q.kind == "compare":
         return [" ".join(side.values()) for side in q.sides]
-    return [question]
+    return [" ".join(dict.fromkeys(q.subject.values())) or question]
 
 
 def wants_many(question: str) -> bool:
