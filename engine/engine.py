@@ -311,10 +311,11 @@ class Engine(CatalogMixin):
         return answerer
 
     def warm_answerer(self) -> threading.Thread:
-        """Load the answerer in a background thread (the API and the UI call this at start, so the first answer
-        does not wait for the model); `answerer_status()` says how far it got."""
+        """Load the search model and the answerer in a background thread (the API and the UI call this at start, so
+        the first answer does not wait for them); `answerer_status()` says how far it got."""
         def run():
             try:
+                self.svc.model  # noqa: B018  (loads it: every answer searches first)
                 self.answerer()
             except Exception as e:  # reported by answerer_status; the first answer will raise it again
                 self._answerer_state, self._answerer_error = "failed", f"{type(e).__name__}: {e}"

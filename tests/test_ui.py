@@ -162,16 +162,14 @@ def test_an_empty_library_points_to_the_collections_page(tmp_path, model):  # no
 # -- answer ----------------------------------------------------------------------------------------------------
 
 def test_answer_streams_with_its_evidence_and_abstains_when_nothing_fits(local):
-    from engine.answer import SmolLMAnswerer
-
-    local.engine._answerer = SmolLMAnswerer(max_new_tokens=24)  # the real default answerer, kept short
-    at = app("answer")
+    at = app("answer")  # the default (extractive) answerer
+    assert "Answerer: extractive" in texts(at) or "Loading the answerer" in texts(at)
     at.text_input(key="question").input("What is in the coffee cup?").run()
     final = at.session_state["answer"]
     assert final["evidence"] and "Evidence" in texts(at)
     assert "Coffee cup." in texts(at) and "relevance" in texts(at)
-    if not final["abstained"]:
-        assert final["answer"] in texts(at)
+    assert not final["abstained"] and final["answer"] in texts(at) and final["answer"].endswith("[1]")
+    assert final["citations"] == [final["evidence"][0]["asset_id"]] and "· cited" in texts(at)
     at.text_input(key="question").input("zqxj vbnm wrtp?").run()
     final = at.session_state["answer"]
     assert final["abstained"] and "No answer." in texts(at)
@@ -315,9 +313,7 @@ def test_http_client_offers_what_the_local_client_does(http, svc, photos):  # no
     assert http.asset(by_http["hits"][0]["id"])["collection"] == "samples"
     *_, final = list(http.stream_answer("zqxj vbnm wrtp?", collection="samples"))
     assert isinstance(final, dict) and final["abstained"]
-    from engine.answer import SmolLMAnswerer
-
-    http.http.app.state.engine._answerer = SmolLMAnswerer(max_new_tokens=16)  # the real answerer, kept short
+    assert http.answerer_status()["answerer"] == "extractive"
     *pieces, final = list(http.stream_answer("What is in the coffee cup?", collection="samples"))
     assert pieces and all(isinstance(p, str) for p in pieces) and isinstance(final, dict)
     assert Path(final["evidence"][0]["image_path"]).name == "coffee.png"

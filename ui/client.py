@@ -109,6 +109,9 @@ class LocalClient:
             for item in self.engine.stream_answer(question, collection=collection, k=k):
                 yield item.to_dict() if isinstance(item, Answer) else item
 
+    def answerer_status(self) -> dict:
+        return self.engine.answerer_status()
+
     def asset(self, asset_id: int) -> dict:
         with self._errors():
             return self.engine.asset_info(asset_id)
@@ -211,6 +214,12 @@ class HttpClient:
         except httpx.HTTPError as e:
             raise ClientError(f"cannot reach the API at {self.base_url} ({e})") from None
 
+    def answerer_status(self) -> dict:
+        try:
+            return self.http.get("/answer/status").json()
+        except (httpx.HTTPError, ValueError) as e:
+            return {"answerer": "?", "state": "failed", "error": f"cannot reach the API at {self.base_url} ({e})"}
+
     def asset(self, asset_id: int) -> dict:
         return self._request("GET", f"/assets/{asset_id}").json()
 
@@ -282,7 +291,9 @@ def from_settings(settings: Settings) -> LocalClient | HttpClient:
     from engine.engine import Engine
     from engine.services import get_services
 
-    return LocalClient(Engine(get_services(settings)))
+    engine = Engine(get_services(settings))
+    engine.warm_answerer()  # the model and the answerer load while the first page is read
+    return LocalClient(engine)
 
 
 _override: LocalClient | HttpClient | None = None

@@ -38,6 +38,7 @@ def create_app(services: Services | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
+        engine.warm_answerer()  # answers are ready without a first slow one: GET /answer/status
         yield
         engine.ingest_runner.close()
 
