@@ -83,12 +83,13 @@ def test_search_by_text_shows_the_expected_photo_first(local):
     assert hit_names(at)[0] == "coffee.png" and "keyword match" in texts(at)
     at.text_input(key="q").input("qqzx wvut").run()
     assert at.session_state["last_hits"] == [] and "No good match for “qqzx wvut”" in texts(at)
-    assert "show_weak_button" not in [b.key for b in at.button]  # words only found nothing at all to show
-    at.radio(key="f_mode").set_value("hybrid").run()
-    at.button(key="show_weak_button").click().run()  # the closest anyway, still flagged
-    assert len(at.session_state["last_hits"]) == 12 and "all weak matches" in texts(at)
-    at.text_input(key="q").input("a giraffe").run()  # a new search asks for likely matches again
-    assert at.session_state["last_hits"] == [] and "No good match for “a giraffe”" in texts(at)
+    at.radio(key="f_mode").set_value("hybrid").run()  # meaning and words: the closest, all below the line
+    assert len(at.session_state["last_hits"]) == 12 and "Below the line: unlikely matches" in texts(at)
+    assert "No good match for “qqzx wvut”" in texts(at) and "unlikely" in texts(at)
+    at.text_input(key="q").input("a cup of coffee").run()  # one likely match above the line, the rest below
+    hits = at.session_state["last_hits"]
+    assert hits[0]["likely"] and not hits[-1]["likely"] and "No good match" not in texts(at)
+    assert "Below the line: unlikely matches" in texts(at)
 
 
 def test_more_like_this_pages_and_filters(local, svc):
