@@ -395,3 +395,23 @@ def test_qwen_errors(tmp_path, qwen_dir):  # noqa: F811
         QwenVLAnswerer(qwen_dir, lora=str(tmp_path / "no-such-adapter"), device="cpu").load()
     with pytest.raises(ValueError, match="QwenVLAnswerer needs a model"):
         QwenVLAnswerer(" ")
+
+
+# -- measured visual facts --------------------------------------------------------------------------------------
+def test_visual_facts_name_colours_and_leave_transparent_pixels_out(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    from engine.visual import colour_names, measure
+
+    rgb = np.array([[220, 30, 30], [250, 210, 40], [40, 160, 60], [40, 80, 220], [250, 250, 250], [10, 10, 10],
+                    [128, 128, 128], [120, 70, 30], [150, 60, 200], [250, 130, 20]], dtype=np.uint8)
+    assert list(colour_names(rgb)) == ["red", "yellow", "green", "blue", "white", "black", "grey", "brown",
+                                       "purple", "orange"]
+    im = Image.new("RGBA", (40, 40), (0, 0, 0, 0))  # transparent background: not counted
+    im.paste((250, 210, 40, 255), (10, 10, 30, 30))
+    im.save(tmp_path / "banana.png")
+    facts = measure(tmp_path / "banana.png")
+    assert facts.colours == ["yellow"] and facts.brightness > 0.7 and facts.colourfulness > 0.7
+    Image.new("L", (20, 20), 60).save(tmp_path / "grey.png")
+    assert measure(tmp_path / "grey.png").colourfulness == 0.0

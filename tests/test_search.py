@@ -174,3 +174,16 @@ def test_the_calibration_recipe_runs_on_tiny_data(tmp_path, model):  # noqa: F81
     labels = (rng.random(20000) < 1 / (1 + np.exp(-(6 * sims - 1)))).astype(float)
     a, b = mod.fit(sims, labels, np.ones_like(sims))
     assert a == pytest.approx(6, rel=0.1) and b == pytest.approx(-1, abs=0.15)
+
+
+def test_image_query_scores_read_as_how_alike_two_pictures_are(engine, photos, tmp_path):  # noqa: F811
+    from PIL import Image
+
+    coffee = Path(photos).parent / "images" / "coffee.png"
+    with Image.open(coffee) as im:
+        im.convert("RGB").resize((im.width // 2, im.height // 2)).save(tmp_path / "copy.jpg", quality=85)
+    result = engine.search(image=tmp_path / "copy.jpg", collection="photos", k=21)
+    hits = result["hits"]
+    assert names(hits)[0] == "coffee" and hits[0]["score"] >= 0.9 and hits[0]["likely"]  # a near-identical copy
+    assert not result["no_match"] and all(h["score"] < 0.5 and not h["likely"] for h in hits[1:])  # unrelated
+    assert sum(h["score"] < 0.1 for h in hits[1:]) >= 15

@@ -88,7 +88,7 @@ class LocalClient:
                include_synthetic: bool = False, collapse: bool = True, mode: str = "hybrid",
                target: str = "images", min_relevance: float | None = None) -> dict:
         """target: "images", or "texts" (captions, OCR, documents: hits carry asset_id, kind and content).
-        min_relevance: None = the engine's default (likely matches only, for a text); 0 = the closest anyway."""
+        min_relevance: None = the engine's default (every ranked hit, each flagged `likely` or not)."""
         kw = dict(collection=collection, k=k, offset=offset, filters=filters or None,
                   include_synthetic=include_synthetic, collapse=collapse, target=target, min_relevance=min_relevance)
         if text is not None:
