@@ -17,7 +17,7 @@ Answers by kind, each claim closed by a Cite of the items it quotes:
 - description: the best matching item's caption (or the text field that matched, OCR text first);
 - which: the matching items with the best coverage (up to three), one claim each;
 - colour: the best matching item's measured dominant colours, said to be measured over the whole picture;
-- counting: the number of retrieved images that hold every subject term ("3 of the 20 images retrieved");
+- counting: the number of retrieved images that hold every subject term ("3 images show cat (of the 20 retrieved)");
   one matching image with a number in its texts is quoted; one without is an abstention (nothing counts for us);
 - comparison: the measured brightness or colourfulness of the two subjects' best items, with both values.
 """
@@ -236,8 +236,8 @@ class ExtractiveAnswerer:
                     return
             return
         if full:
-            noun = "image holds" if len(full) == 1 else "images hold"
-            yield f"{len(full)} of the {len(evidence)} images retrieved {noun} {what}."
+            verb = "image shows" if len(full) == 1 else "images show"
+            yield f"{len(full)} {verb} {what} (of the {len(evidence)} retrieved)."
             yield Cite(tuple(full))
 
     def _compare(self, q: Question, evidence: list[Evidence]):

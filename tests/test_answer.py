@@ -220,7 +220,7 @@ WALK = [  # what the demo's search shows for the walk-through questions (caption
      "9 by SpaceX (measured brightness 0.39 against 0.24). [1][2]", [7, 20]),
     ("Is the rocket more colourful than the coffee?", "No: Coffee cup is more colourful than Launch photo of DSCOVR "
      "on Falcon 9 by SpaceX (measured colourfulness 0.72 against 0.45). [1][2]", [7, 20]),
-    ("How many images show coins?", "1 of the 4 images retrieved image holds coins. [4]", [8]),
+    ("How many images show coins?", "1 image shows coins (of the 4 retrieved). [4]", [8]),
 ])
 def test_extractive_answers_quote_and_measure_what_was_shown(question, expected, cited):
     result = answer(ExtractiveAnswerer(), question, WALK, min_score=0.0)
@@ -241,9 +241,9 @@ def test_extractive_counts_the_images_holding_every_subject_word():
     hearts = [ev(1, caption="red heart"), ev(2, caption="blue heart"), ev(3, caption="red apple"),
               ev(4, caption="broken heart")]
     result = answer(ExtractiveAnswerer(), "How many emoji show a red heart?", hearts, 0.0)
-    assert (result.answer, result.citations) == ("1 of the 4 images retrieved image holds red heart. [1]", [1])
+    assert (result.answer, result.citations) == ("1 image shows red heart (of the 4 retrieved). [1]", [1])
     result = answer(ExtractiveAnswerer(), "How many hearts are there?", hearts, 0.0)
-    assert (result.answer, result.citations) == ("3 of the 4 images retrieved images hold hearts. [1][2][4]", [1, 2, 4])
+    assert (result.answer, result.citations) == ("3 images show hearts (of the 4 retrieved). [1][2][4]", [1, 2, 4])
     counted = [ev(5, caption="Three ducks on a pond.")]
     assert answer(ExtractiveAnswerer(), "How many ducks are there?", counted, 0.0).answer == \
         "Three ducks on a pond. [1]"
