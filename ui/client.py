@@ -39,6 +39,7 @@ class LocalClient:
 
     def __init__(self, engine):
         self.engine = engine
+        engine.warm_answerer()  # the model and the answerer load in the background while the first page is read
 
     @property
     def where(self) -> str:
@@ -291,9 +292,7 @@ def from_settings(settings: Settings) -> LocalClient | HttpClient:
     from engine.engine import Engine
     from engine.services import get_services
 
-    engine = Engine(get_services(settings))
-    engine.warm_answerer()  # the model and the answerer load while the first page is read
-    return LocalClient(engine)
+    return LocalClient(Engine(get_services(settings)))
 
 
 _override: LocalClient | HttpClient | None = None

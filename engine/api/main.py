@@ -35,10 +35,10 @@ def _status(code: int):
 def create_app(services: Services | None = None) -> FastAPI:
     """The API over `services` (default: the process's, from the OMNIBRIDGE_* settings)."""
     engine = Engine(services)
+    engine.warm_answerer()  # the model and the answerer load in the background: GET /answer/status says when ready
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        engine.warm_answerer()  # answers are ready without a first slow one: GET /answer/status
         yield
         engine.ingest_runner.close()
 
