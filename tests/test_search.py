@@ -184,6 +184,6 @@ def test_image_query_scores_read_as_how_alike_two_pictures_are(engine, photos, t
         im.convert("RGB").resize((im.width // 2, im.height // 2)).save(tmp_path / "copy.jpg", quality=85)
     result = engine.search(image=tmp_path / "copy.jpg", collection="photos", k=21)
     hits = result["hits"]
-    assert names(hits)[0] == "coffee" and hits[0]["score"] >= 0.9 and hits[0]["likely"]  # a near-identical copy
+    assert names(hits)[0] == "coffee" and hits[0]["score"] >= 0.85 and hits[0]["likely"]  # a near-identical copy
     assert not result["no_match"] and all(h["score"] < 0.5 and not h["likely"] for h in hits[1:])  # unrelated
     assert sum(h["score"] < 0.1 for h in hits[1:]) >= 15

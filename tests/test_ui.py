@@ -100,6 +100,8 @@ def test_more_like_this_pages_and_filters(local, svc):
     at.button(key=f"hit-more-{cat}").click().run()
     assert "More like #" + str(cat) in texts(at)
     assert cat not in [h["id"] for h in at.session_state["last_hits"]]  # the image itself is left out
+    assert "No good match for this image" in texts(at) and "another example image" in texts(at)  # no other cat
+    assert "words" not in texts(at).split("No good match")[1].split(".")[0]  # an image query's advice is images
     at.select_slider(key="page_size").set_value(8).run()
     first = [h["id"] for h in at.session_state["last_hits"]]
     assert len(first) == 8 and at.button(key="prev_page").disabled

@@ -72,7 +72,7 @@ def no_match(query: dict, filtered: bool) -> None:
                 "search by an example image instead"]
     else:  # an image query: nothing here is about words
         what = "this image"
-        tips = ["try another example image, or crop it to the subject you mean", "describe what you want in words"]
+        tips = ["use another example image, or one cropped to the subject you mean"]
     if filtered:
         tips.insert(0, "clear or loosen the filters")
     tips.append("pick another collection, or add images on the Collections page")
