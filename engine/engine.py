@@ -22,16 +22,18 @@ from sqlalchemy import func, select
 
 from .answer import Answer, Evidence, load_answerer, stream_answer
 from .catalog import CatalogMixin
+from .extractive import COUNT_K, search_texts, wants_many
 from .db import Asset, Collection, GeneratedAsset, Text
 from .generate import GenerationParams, Generator
 from .keywords import coverage, file_words, keyword_text, query_terms
-from .relevance import KEYWORD_FULL, Calibration, load_calibration
+from .relevance import FILENAME_WEIGHT, Calibration, keyword_prob, load_calibration
 from .services import Services, get_services
 from .vectors import Sparse, StoreDamaged
 
 EVIDENCE_TEXT_KINDS = ("alt", "tags", "ocr", "filename", "document")
 TARGETS = ("images", "texts")
 MODES = ("hybrid", "vector", "keyword")
+EVIDENCE_COVERAGE = 0.5  # an unlikely hit whose texts hold this share of the subject's words is still evidence
 MAX_POOL = 12_800  # candidates considered per side at most (deep pages of a huge collection stop there)
 
 
@@ -47,6 +49,18 @@ def _fallback_words(payload: dict) -> str:
     """Keyword text of a point written before payloads carried it: caption, tags, file name."""
     return keyword_text([payload.get("caption"), " ".join(payload.get("tags") or []),
                          file_words(payload.get("path") or "")])
+
+
+def _coverage(terms: Sparse, payload: dict) -> float:
+    """Keyword coverage of a hit: the share of the query's terms in its texts, a term found only in its file name
+    counting FILENAME_WEIGHT (engine.relevance)."""
+    text = payload.get("keywords") or payload.get("content") or _fallback_words(payload)
+    full = coverage(terms, text)
+    name = file_words(payload.get("path") or "")
+    if not full or not name or payload.get("kind") == "text":
+        return full
+    rest = coverage(terms, "\n".join(line for line in text.split("\n") if line.strip() != name))
+    return rest + FILENAME_WEIGHT * (full - rest)
 
 
 def store_filter(filters: dict) -> dict:
@@ -80,12 +94,25 @@ def store_filter(filters: dict) -> dict:
     return out
 
 
+def _measured(path: str | None) -> dict:
+    """The visual facts of an evidence image (engine.visual), empty when the file cannot be read."""
+    from .visual import measure
+
+    try:
+        facts = measure(path)
+    except (OSError, ValueError, TypeError):
+        return {}
+    return {"colours": facts.colours, "brightness": facts.brightness, "colourfulness": facts.colourfulness}
+
+
 class Engine(CatalogMixin):
     def __init__(self, services: Services | None = None):
         self.svc = services or get_services()
         self._lock = threading.Lock()
         self._encode = threading.Lock()  # one query encode at a time: torch already uses every core for one
         self._answerer = None
+        self._answerer_load = threading.Lock()  # one load at a time; answers wait for it
+        self._answerer_state, self._answerer_error = "not loaded", None
         self._calibration: Calibration | None = None
         self._generator: Generator | None = None
 
@@ -100,9 +127,9 @@ class Engine(CatalogMixin):
         target: "images" (text->image, image->image, more like this) or "texts" (captions, OCR and text documents:
         text->text, image->text). mode: "hybrid" fuses the aligned vectors with BM25 keyword matches over captions,
         tags, OCR and file names (text queries; see engine.relevance), "vector" or "keyword" uses one side only.
-        Every hit's `score` is its calibrated relevance in [0, 1]; hits under `min_relevance` are left out (default:
-        the model's no-match threshold for a text query, 0 for an image or asset query, which lists its nearest
-        images), and `no_match` is true when nothing reaches the threshold.
+        Every hit's `score` is its calibrated relevance in [0, 1] and `likely` says whether it reaches the model's
+        threshold (the line: likely matches rank above it, the rest below, flagged); hits under `min_relevance` are
+        left out (default 0: the ranked hits whatever their score), and `no_match` is true when nothing is likely.
         filters (see `store_filter`): format, tags (any of), min_width, min_height, since, until (ISO dates of the
         file's mtime). collapse: near-duplicates come back as one hit (the best) with `duplicates` = the size of
         its group minus one. offset/k page through the (collapsed) hits."""
@@ -145,9 +172,9 @@ class Engine(CatalogMixin):
                       terms=query_terms(text) if text is not None and mode != "vector" else None, mode=mode)
         cal = self.calibration()
         threshold = cal.threshold(query.kind)
-        # an image query browses its neighbourhood: the nearest come back whatever their score (no_match still
-        # says whether any is a likely match); a text query can ask for something absent, so only likely matches
-        floor = float(min_relevance) if min_relevance is not None else 0.0 if text is None else threshold
+        # the ranked hits come back whatever their score, each flagged `likely` or not (above or below the line);
+        # no_match says whether any is likely; min_relevance leaves out the hits under it
+        floor = float(min_relevance) if min_relevance is not None else 0.0
         notes = []
         if target == "texts" and query.kind == "text":
             notes.append("text->text scores use the text->image calibration; read them as a ranking")
@@ -223,9 +250,9 @@ class Engine(CatalogMixin):
         for p, sim, bm25 in candidates:
             if p.get("asset_id") == exclude:
                 continue
-            cov = coverage(q.terms, p.get("keywords") or p.get("content") or _fallback_words(p)) if q.terms else 0.0
+            cov = _coverage(q.terms, p) if q.terms else 0.0
             if q.mode == "keyword":
-                score, p_visual = KEYWORD_FULL * cov, 0.0
+                score, p_visual = keyword_prob(cov), 0.0
             else:
                 score, p_visual = cal.relevance(q.kind, sim, cov), float(cal.prob(q.kind, sim))
             rows.append((score, sim if sim is not None else -1.0, bm25 or 0.0, p, sim, bm25, cov, p_visual))
@@ -233,7 +260,8 @@ class Engine(CatalogMixin):
         threshold = cal.threshold(q.kind)
         for score, _, _, p, sim, bm25, cov, p_visual in rows:
             matched = ("both" if p_visual >= threshold else "keyword") if cov > 0 else "visual"
-            base = {"score": round(score, 4), "similarity": None if sim is None else round(sim, 4),
+            base = {"score": round(score, 4), "likely": score >= threshold,
+                    "similarity": None if sim is None else round(sim, 4),
                     "keyword_score": None if bm25 is None else round(bm25, 4), "coverage": round(cov, 3),
                     "matched": matched, "path": p.get("path"), "collection": p.get("collection"),
                     "caption": p.get("caption"), "synthetic": bool(p.get("synthetic"))}
@@ -265,11 +293,19 @@ class Engine(CatalogMixin):
 
     def evidence(self, question: str, collection: str | None = None, k: int = 5,
                  min_relevance: float | None = None) -> list[Evidence]:
-        """The k images most relevant to the question (none when the search finds no good match), with their
-        texts from SQL and, where the backbone has a classifier, its predicted labels."""
+        """The k images most relevant to the question: the search's likely hits for the question's subject (see
+        engine.extractive.search_texts), and the hits whose texts hold at least half of its words (a partial keyword
+        match is not a likely search hit, but the answerer checks it word by word); with their texts from SQL,
+        measured visual facts and, where the backbone has a classifier, its predicted labels."""
         from ingest.media import load_image
 
-        hits = self.search(text=question, collection=collection, k=k, min_relevance=min_relevance)["hits"]
+        found: dict[int, dict] = {}
+        for text in search_texts(question):  # a comparison: each side on its own
+            for h in self.search(text=text, collection=collection, k=k, min_relevance=min_relevance)["hits"]:
+                if min_relevance is None and not (h["likely"] or h["coverage"] >= EVIDENCE_COVERAGE):
+                    continue  # evidence: likely hits, and those whose texts hold half the question's subject
+                found[h["id"]] = max(found.get(h["id"], h), h, key=lambda x: x["score"])
+        hits = sorted(found.values(), key=lambda h: -h["score"])
         ids = [h["id"] for h in hits]
         texts: dict[int, dict[str, str]] = {i: {} for i in ids}
         captions: dict[int, str] = {}
@@ -291,13 +327,40 @@ class Engine(CatalogMixin):
             except (OSError, ValueError):  # a file gone since ingest: answer from its texts alone
                 pass
         return [Evidence(asset_id=h["id"], score=h["score"], caption=captions.get(h["id"]), texts=texts[h["id"]],
-                         labels=lab, image_path=h["path"]) for h, lab in zip(hits, labels)]
+                         labels=lab, image_path=h["path"], **_measured(h["path"])) for h, lab in zip(hits, labels)]
 
     def answerer(self):
+        """The configured answerer, loaded (weights read, warmed up) on the first call; see `warm_answerer`."""
         with self._lock:
             if self._answerer is None:
                 self._answerer = load_answerer(self.svc.settings.answerer, device=self.svc.settings.device)
-            return self._answerer
+            answerer = self._answerer
+        with self._answerer_load:
+            if self._answerer_state != "ready":
+                getattr(answerer, "load", lambda: None)()
+                self._answerer_state = "ready"
+        return answerer
+
+    def warm_answerer(self) -> threading.Thread:
+        """Load the search model and the answerer in a background thread (the API and the UI call this at start, so
+        the first answer does not wait for them); `answerer_status()` says how far it got."""
+        def run():
+            try:
+                self.svc.model  # noqa: B018  (loads it: every answer searches first)
+                self.answerer()
+            except Exception as e:  # reported by answerer_status; the first answer will raise it again
+                self._answerer_state, self._answerer_error = "failed", f"{type(e).__name__}: {e}"
+
+        with self._lock:
+            if self._answerer_state == "not loaded":
+                self._answerer_state = "loading"
+        thread = threading.Thread(target=run, name="answerer-load", daemon=True)
+        thread.start()
+        return thread
+
+    def answerer_status(self) -> dict:
+        """{"answerer": the setting, "state": "not loaded" | "loading" | "ready" | "failed", "error": ...}."""
+        return {"answerer": self.svc.settings.answerer, "state": self._answerer_state, "error": self._answerer_error}
 
     def stream_answer(self, question: str, collection: str | None = None, k: int = 5,
                       min_relevance: float | None = None) -> Iterator[str | Answer]:
@@ -306,7 +369,7 @@ class Engine(CatalogMixin):
         none, the answer abstains without loading the language model."""
         if not isinstance(question, str) or not question.strip():
             raise ValueError("the question is empty; ask something about the collection")
-        evidence = self.evidence(question, collection, k, min_relevance)
+        evidence = self.evidence(question, collection, max(k, COUNT_K) if wants_many(question) else k, min_relevance)
         answerer = self.answerer() if evidence else None
         yield from stream_answer(answerer, question, evidence, min_score=0.0)
 

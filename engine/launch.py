@@ -83,7 +83,7 @@ class Launcher:
         self.children: list[Child] = []
         if api:
             self.children.append(Child("api", api_command(host, settings.api_port),
-                                       f"http://{_display(host)}:{settings.api_port}", "/health", logs / "api.log",
+                                       f"http://{_display(host)}:{settings.api_port}", "/answer/status", logs / "api.log",
                                        settings.api_port, "OMNIBRIDGE_API_PORT"))
         if ui:
             self.children.append(Child("ui", ui_command(host, settings.ui_port),

@@ -7,15 +7,20 @@ data by `bench/calibrate.py` (the recipe, the data and the measured quality are 
     p_visual = sigmoid(a * similarity + b)           # per query kind: "text" or "image"
 
 Hybrid search adds keyword evidence: `coverage` = the share of the query's terms (after stop words and stemming)
-found in a hit's captions, tags, OCR text or file name. It is not calibrated (no labelled keyword data exists
-offline); a hit that has every query term counts as KEYWORD_FULL relevant, partial matches proportionally less:
+found in a hit's captions, tags, OCR text or file name, a term found only in the file name counting FILENAME_WEIGHT
+(a file name is one or two words someone typed, or a camera counter: "red_square.png" says little about "a red
+flower"). A hit that has every query term counts as KEYWORD_FULL relevant (a rule); how partial matches count is
+fitted on held-out queries with independent wording (emoji short names against emoji names, bench/keyword_weight.py,
+numbers in bench/RESULTS.md): one word of two shared is nearly worthless, so a single common word never makes a
+likely match on its own:
 
-    p_keyword = KEYWORD_FULL * coverage
+    p_keyword = KEYWORD_FULL * coverage ** KEYWORD_POWER
     relevance = 1 - (1 - p_visual) * (1 - p_keyword)  # noisy-OR: either kind of evidence can make a hit relevant
 
-Hits are ranked by relevance (ties by similarity). A search has "no good match" when no hit reaches the model's
+Hits are ranked by relevance (ties by similarity). A hit is `likely` when its relevance reaches the model's
 threshold (chosen on the calibration data to separate queries whose answer is in the collection from queries
-whose answer is not); the hits below it are not returned unless asked for.
+whose answer is not); a search has "no good match" when no hit is likely. The unlikely hits are still listed, below
+the likely ones and flagged, so a person browsing sees the line.
 """
 
 from __future__ import annotations
@@ -30,7 +35,9 @@ import numpy as np
 log = logging.getLogger(__name__)
 
 CALIBRATION_DIR = Path(__file__).resolve().parent / "calibration"
-KEYWORD_FULL = 0.9  # relevance of a hit whose texts hold every query term
+KEYWORD_FULL = 0.9  # relevance of a hit whose texts hold every query term (a rule)
+KEYWORD_POWER = 5.5  # fitted by bench/keyword_weight.py: how partial keyword coverage counts
+FILENAME_WEIGHT = 0.5  # a query term found only in the file name counts this much of a term in a caption, tag or OCR
 KINDS = ("text", "image")
 
 
@@ -60,8 +67,12 @@ class Calibration:
     def relevance(self, kind: str, similarity: float, coverage: float = 0.0) -> float:
         """The hit's readable score in [0, 1]: visual and keyword evidence fused by noisy-OR."""
         p_visual = float(self.prob(kind, similarity))
-        p_keyword = KEYWORD_FULL * min(max(coverage, 0.0), 1.0)
-        return 1.0 - (1.0 - p_visual) * (1.0 - p_keyword)
+        return 1.0 - (1.0 - p_visual) * (1.0 - keyword_prob(coverage))
+
+
+def keyword_prob(coverage: float) -> float:
+    """p_keyword of a keyword coverage in [0, 1]."""
+    return KEYWORD_FULL * min(max(coverage, 0.0), 1.0) ** KEYWORD_POWER
 
 
 def load_calibration(model: str) -> Calibration:

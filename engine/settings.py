@@ -40,7 +40,7 @@ class Settings(BaseSettings):
                                       description="shards of each new Qdrant server collection; empty = server default")
     qdrant_replicas: int | None = Field(default=None, ge=1, le=64,
                                         description="copies of each shard on a Qdrant cluster; empty = server default")
-    answerer: str = Field(default="smollm2", description="'smollm2' (offline) or 'qwen2-vl:MODEL[@LORA]' for answers")
+    answerer: str = Field(default="extractive", description="'extractive' (default), 'smollm2', 'extractive+smollm2' or 'qwen2-vl:MODEL[@LORA]' for answers")
     generator: str | None = Field(default=None, description="diffusers checkpoint (folder or hub id) for generate-similar")
     api_url: str | None = Field(default=None, description="the UI calls this API (http://HOST:8000); empty = in-process engine")
     api_key: str | None = Field(default=None, description="the key the UI sends to OMNIBRIDGE_API_URL")

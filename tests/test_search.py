@@ -87,14 +87,34 @@ def test_file_names_and_tags_are_keywords(engine):
     assert names(gravel) == ["gravel"]
 
 
-def test_an_absent_subject_is_no_good_match(engine):
-    result = engine.search(text="a giraffe eating leaves", collection="photos")
-    assert result["no_match"] is True and result["hits"] == []
+def test_an_absent_subject_is_no_good_match_with_every_hit_below_the_line(engine):
+    result = engine.search(text="a giraffe eating leaves", collection="photos", k=5)
+    assert result["no_match"] is True and len(result["hits"]) == 5 and not any(h["likely"] for h in result["hits"])
     assert result["best_score"] is not None and result["best_score"] < result["threshold"]
+    only_likely = engine.search(text="a giraffe eating leaves", collection="photos", min_relevance=result["threshold"])
+    assert only_likely["no_match"] is True and only_likely["hits"] == []
     closest = engine.search(text="a giraffe eating leaves", collection="photos", min_relevance=0, k=5)
-    assert closest["no_match"] is True and len(closest["hits"]) == 5  # shown on request, still flagged
     assert [h["score"] for h in closest["hits"]] == sorted((h["score"] for h in closest["hits"]), reverse=True)
     assert all(0 <= h["score"] <= 1 for h in closest["hits"])
+
+
+def test_likely_matches_rank_above_the_line_and_the_rest_are_flagged(engine):
+    hits = engine.search(text="a cup of coffee", collection="photos", k=6)["hits"]
+    assert names(hits)[0] == "coffee" and hits[0]["likely"] and len(hits) == 6
+    flags = [h["likely"] for h in hits]
+    assert flags == sorted(flags, reverse=True) and not all(flags)  # likely first, then below the line
+
+
+def test_a_common_word_in_a_file_name_alone_is_not_a_likely_match(engine, tmp_path):
+    from PIL import Image
+
+    from ingest.pipeline import run_inline
+
+    Image.new("RGB", (64, 64), (200, 20, 20)).save(tmp_path / "red_square.png")
+    run_inline(engine.svc, [str(tmp_path / "red_square.png")], "squares")
+    hits = engine.search(text="a red flower", collection="squares", k=1)["hits"]
+    assert names(hits) == ["red_square"] and not hits[0]["likely"] and hits[0]["coverage"] == 0.25
+    assert engine.search(text="a red square", collection="squares", k=1)["hits"][0]["coverage"] == 0.5
 
 
 def test_scores_rank_hits_and_pages_do_not_overlap(engine):
@@ -154,3 +174,16 @@ def test_the_calibration_recipe_runs_on_tiny_data(tmp_path, model):  # noqa: F81
     labels = (rng.random(20000) < 1 / (1 + np.exp(-(6 * sims - 1)))).astype(float)
     a, b = mod.fit(sims, labels, np.ones_like(sims))
     assert a == pytest.approx(6, rel=0.1) and b == pytest.approx(-1, abs=0.15)
+
+
+def test_image_query_scores_read_as_how_alike_two_pictures_are(engine, photos, tmp_path):  # noqa: F811
+    from PIL import Image
+
+    coffee = Path(photos).parent / "images" / "coffee.png"
+    with Image.open(coffee) as im:
+        im.convert("RGB").resize((im.width // 2, im.height // 2)).save(tmp_path / "copy.jpg", quality=85)
+    result = engine.search(image=tmp_path / "copy.jpg", collection="photos", k=21)
+    hits = result["hits"]
+    assert names(hits)[0] == "coffee" and hits[0]["score"] >= 0.85 and hits[0]["likely"]  # a near-identical copy
+    assert not result["no_match"] and all(h["score"] < 0.5 and not h["likely"] for h in hits[1:])  # unrelated
+    assert sum(h["score"] < 0.1 for h in hits[1:]) >= 15

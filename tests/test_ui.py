@@ -86,12 +86,13 @@ def test_search_by_text_shows_the_expected_photo_first(local):
     assert hit_names(at)[0] == "coffee.png" and "keyword match" in texts(at)
     at.text_input(key="q").input("qqzx wvut").run()
     assert at.session_state["last_hits"] == [] and "No good match for “qqzx wvut”" in texts(at)
-    assert "show_weak_button" not in [b.key for b in at.button]  # words only found nothing at all to show
-    at.radio(key="f_mode").set_value("hybrid").run()
-    at.button(key="show_weak_button").click().run()  # the closest anyway, still flagged
-    assert len(at.session_state["last_hits"]) == 12 and "all weak matches" in texts(at)
-    at.text_input(key="q").input("a giraffe").run()  # a new search asks for likely matches again
-    assert at.session_state["last_hits"] == [] and "No good match for “a giraffe”" in texts(at)
+    at.radio(key="f_mode").set_value("hybrid").run()  # meaning and words: the closest, all below the line
+    assert len(at.session_state["last_hits"]) == 12 and "Below the line: unlikely matches" in texts(at)
+    assert "No good match for “qqzx wvut”" in texts(at) and "unlikely" in texts(at)
+    at.text_input(key="q").input("a cup of coffee").run()  # one likely match above the line, the rest below
+    hits = at.session_state["last_hits"]
+    assert hits[0]["likely"] and not hits[-1]["likely"] and "No good match" not in texts(at)
+    assert "Below the line: unlikely matches" in texts(at)
 
 
 def test_more_like_this_pages_and_filters(local, svc):
@@ -102,6 +103,8 @@ def test_more_like_this_pages_and_filters(local, svc):
     at.button(key=f"hit-more-{cat}").click().run()
     assert "More like #" + str(cat) in texts(at)
     assert cat not in [h["id"] for h in at.session_state["last_hits"]]  # the image itself is left out
+    assert "No good match for this image" in texts(at) and "another example image" in texts(at)  # no other cat
+    assert "words" not in texts(at).split("No good match")[1].split(".")[0]  # an image query's advice is images
     at.select_slider(key="page_size").set_value(8).run()
     first = [h["id"] for h in at.session_state["last_hits"]]
     assert len(first) == 8 and at.button(key="prev_page").disabled
@@ -165,16 +168,14 @@ def test_an_empty_library_points_to_the_collections_page(tmp_path, model):  # no
 # -- answer ----------------------------------------------------------------------------------------------------
 
 def test_answer_streams_with_its_evidence_and_abstains_when_nothing_fits(local):
-    from engine.answer import SmolLMAnswerer
-
-    local.engine._answerer = SmolLMAnswerer(max_new_tokens=24)  # the real default answerer, kept short
-    at = app("answer")
+    at = app("answer")  # the default (extractive) answerer
+    assert "Answerer: extractive" in texts(at) or "Loading the answerer" in texts(at)
     at.text_input(key="question").input("What is in the coffee cup?").run()
     final = at.session_state["answer"]
     assert final["evidence"] and "Evidence" in texts(at)
     assert "Coffee cup." in texts(at) and "relevance" in texts(at)
-    if not final["abstained"]:
-        assert final["answer"] in texts(at)
+    assert not final["abstained"] and final["answer"] in texts(at) and final["answer"].endswith("[1]")
+    assert final["citations"] == [final["evidence"][0]["asset_id"]] and "· cited" in texts(at)
     at.text_input(key="question").input("zqxj vbnm wrtp?").run()
     final = at.session_state["answer"]
     assert final["abstained"] and "No answer." in texts(at)
@@ -329,9 +330,7 @@ def test_http_client_offers_what_the_local_client_does(http, svc, photos):  # no
     assert http.asset(by_http["hits"][0]["id"])["collection"] == "samples"
     *_, final = list(http.stream_answer("zqxj vbnm wrtp?", collection="samples"))
     assert isinstance(final, dict) and final["abstained"]
-    from engine.answer import SmolLMAnswerer
-
-    http.http.app.state.engine._answerer = SmolLMAnswerer(max_new_tokens=16)  # the real answerer, kept short
+    assert http.answerer_status()["answerer"] == "extractive"
     *pieces, final = list(http.stream_answer("What is in the coffee cup?", collection="samples"))
     assert pieces and all(isinstance(p, str) for p in pieces) and isinstance(final, dict)
     assert Path(final["evidence"][0]["image_path"]).name == "coffee.png"

@@ -39,6 +39,7 @@ class LocalClient:
 
     def __init__(self, engine):
         self.engine = engine
+        engine.warm_answerer()  # the model and the answerer load in the background while the first page is read
 
     @property
     def where(self) -> str:
@@ -94,7 +95,7 @@ class LocalClient:
                include_synthetic: bool = False, collapse: bool = True, mode: str = "hybrid",
                target: str = "images", min_relevance: float | None = None) -> dict:
         """target: "images", or "texts" (captions, OCR, documents: hits carry asset_id, kind and content).
-        min_relevance: None = the engine's default (likely matches only, for a text); 0 = the closest anyway."""
+        min_relevance: None = the engine's default (every ranked hit, each flagged `likely` or not)."""
         kw = dict(collection=collection, k=k, offset=offset, filters=filters or None,
                   include_synthetic=include_synthetic, collapse=collapse, target=target, min_relevance=min_relevance)
         if text is not None:
@@ -114,6 +115,9 @@ class LocalClient:
         with self._errors():
             for item in self.engine.stream_answer(question, collection=collection, k=k):
                 yield item.to_dict() if isinstance(item, Answer) else item
+
+    def answerer_status(self) -> dict:
+        return self.engine.answerer_status()
 
     def asset(self, asset_id: int) -> dict:
         with self._errors():
@@ -216,6 +220,12 @@ class HttpClient:
                 yield from _sse(r.iter_lines())
         except httpx.HTTPError as e:
             raise ClientError(f"cannot reach the API at {self.base_url} ({e})") from None
+
+    def answerer_status(self) -> dict:
+        try:
+            return self.http.get("/answer/status").json()
+        except (httpx.HTTPError, ValueError) as e:
+            return {"answerer": "?", "state": "failed", "error": f"cannot reach the API at {self.base_url} ({e})"}
 
     def asset(self, asset_id: int) -> dict:
         return self._request("GET", f"/assets/{asset_id}").json()

@@ -105,7 +105,7 @@ def hit_grid(hits: list[dict], key: str, columns: int = 4, on_more=None) -> None
                 else:
                     st.caption("(the file cannot be read)")
                 st.markdown(f"**{hit_title(hit)}**")
-                facts = [f"score {hit['score']:.2f}"]
+                facts = [f"score {hit['score']:.2f}"] + ([] if hit.get("likely", True) else ["unlikely"])
                 if hit.get("matched"):
                     facts.append(f"{hit['matched']} match")
                 if hit.get("duplicates"):

@@ -7,7 +7,7 @@ from itertools import chain
 from typing import Iterator
 
 from fastapi import APIRouter, Query, Request
-from fastapi.responses import StreamingResponse
+from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from engine.answer import Answer
@@ -26,6 +26,21 @@ class AnswerRequest(BaseModel):
     collection: str | None = Field(None, min_length=1, max_length=200,
                                    description="only this collection; omitted = every collection (needs a '*' key)")
     k: int = Field(5, ge=1, le=20, description="images retrieved as evidence")
+
+
+class AnswererStatus(BaseModel):
+    answerer: str = Field(description="the configured answerer (OMNIBRIDGE_ANSWERER)")
+    state: str = Field(description="not loaded, loading, ready or failed")
+    error: str | None = Field(None, description="why loading failed")
+
+
+@router.get("/answer/status", response_model=AnswererStatus,
+            responses={503: {"model": AnswererStatus, "description": "still loading"}})
+def answer_status(engine: EngineDep):
+    """Whether answers are ready: the API loads the search model and the answerer in the background at start.
+    200 once ready (or failed: then `error` says why), 503 while loading. No key needed."""
+    status = engine.answerer_status()
+    return status if status["state"] in ("ready", "failed") else JSONResponse(status, status_code=503)
 
 
 @router.post("/answer", responses={200: {"content": {"text/plain": {}, "text/event-stream": {}}}})

@@ -62,6 +62,7 @@ def _database_failed(url: str):
 def create_app(services: Services | None = None) -> FastAPI:
     """The API over `services` (default: the process's, from the OMNIBRIDGE_* settings)."""
     engine = Engine(services)
+    engine.warm_answerer()  # the model and the answerer load in the background: GET /answer/status says when ready
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):

@@ -69,6 +69,7 @@ class SearchRequest(SearchOptions):
 class Hit(BaseModel):
     id: int | None = Field(description="asset id (images) or text id (texts)")
     score: float = Field(description="calibrated relevance in 0..1")
+    likely: bool = Field(False, description="above the line: the score reaches the threshold of a likely match")
     similarity: float | None = Field(None, description="raw similarity of the vectors")
     keyword_score: float | None = Field(None, description="BM25 score of the keyword match, if any")
     coverage: float = Field(0.0, description="share of the query's terms in the hit's texts")

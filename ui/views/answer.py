@@ -24,12 +24,26 @@ def _chain(first, rest):
 
 
 def show_answer_text(final: dict) -> None:
+    """The final answer: every [n] in it is an image shown beside it (markers are attached by the engine, never
+    written by a model), or an abstention said as such."""
     if final["abstained"]:
         st.warning(f"**No answer.** {final['answer']}  \nThe engine abstains rather than guess when the images it "
                    "finds do not support an answer. Rephrase the question, pick another collection, or check that "
                    "the images you mean are indexed (Collections page).")
-    elif not final["citations"]:
-        st.caption("The answer cites no image: treat it with care.")
+    else:
+        st.markdown(final["answer"])
+
+
+def show_status() -> None:
+    """Which answerer runs, and whether it is still loading (it loads in the background at start)."""
+    status = client().answerer_status()
+    if status["state"] == "ready":
+        st.caption(f"Answerer: {status['answerer']} · ready")
+    elif status["state"] == "failed":
+        st.error(f"The answerer {status['answerer']!r} could not load: {status.get('error')}")
+    else:
+        st.info(f"Loading the answerer ({status['answerer']}) and the search model in the background; the first "
+                "answer waits for them.")
 
 
 def show_evidence(final: dict) -> None:
@@ -45,7 +59,7 @@ def show_evidence(final: dict) -> None:
             data = thumb(e["asset_id"], 192, square=True)
             if data:
                 st.image(data, width="stretch")
-            mark = "cited" if e["asset_id"] in cited else "retrieved, not cited"
+            mark = "cited" if e["asset_id"] in cited else "retrieved, not cited"  # the answer's parsed [n]
             name = Path(e.get("image_path") or "").name
             st.caption(f"[{n}] {e.get('caption') or name} · #{e['asset_id']} · relevance {e['score']:.2f} · {mark}")
 
@@ -54,6 +68,7 @@ st.title("Answer")
 st.caption("Ask a question about the images; the answer cites the images it used as [1], [2], ...")
 colls = collections_or_help()
 if colls is not None:
+    show_status()
     st.text_input("Your question", key="question", on_change=ask,
                   placeholder="What is in the coffee cup? What animal is in the photos?")
     left, right = st.columns([2, 1])
@@ -69,8 +84,6 @@ if colls is not None:
         with text_col:
             st.subheader(S["asked"])
             if "answer" in S:  # already answered: shown again without asking the model
-                if not S["answer"]["abstained"]:
-                    st.markdown(S["answer"]["answer"])
                 show_answer_text(S["answer"])
             else:
                 holder: dict = {}
@@ -86,9 +99,12 @@ if colls is not None:
                     with st.spinner("Finding evidence..."):
                         stream = pieces()
                         first = next(stream, None)
+                    streamed = st.empty()
                     if first is not None:
-                        st.write_stream(_chain(first, stream))
+                        with streamed:
+                            st.write_stream(_chain(first, stream))
                     S["answer"] = holder["final"]
+                    streamed.empty()  # the final answer replaces the stream (the same text when it is answered)
                     show_answer_text(S["answer"])
                 except ClientError as e:
                     st.error(f"No answer: {e}")

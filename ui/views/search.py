@@ -66,16 +66,23 @@ def describe(query: dict) -> None:
 
 
 def no_match(query: dict, filtered: bool) -> None:
-    what = f"“{query['text']}”" if "text" in query else "this image"
-    tips = ["use other or fewer words (describe what is visible: objects, colours, scene)",
-            "search by an example image instead"]
+    if "text" in query:
+        what = f"“{query['text']}”"
+        tips = ["use other or fewer words (describe what is visible: objects, colours, scene)",
+                "search by an example image instead"]
+    else:  # an image query: nothing here is about words
+        what = "this image"
+        tips = ["use another example image, or one cropped to the subject you mean"]
     if filtered:
         tips.insert(0, "clear or loosen the filters")
     tips.append("pick another collection, or add images on the Collections page")
-    st.warning(f"No good match for {what} in this collection. Try to " + "; ".join(tips) + ".")
+    kind = "text" if "text" in query else "image"
+    st.warning(f"No good match for {what} in this collection: no {'image' if kind == 'image' else 'result'} is "
+               f"likely{' to show the same picture or subject' if kind == 'image' else ''}. Try to "
+               + "; ".join(tips) + ".")
 
 
-def text_list(hits: list[dict]) -> None:
+def text_list(hits: list[dict], key: str = "text") -> None:
     """Text hits: the text, what kind it is, and the image (or document) it belongs to."""
     for hit in hits:
         with st.container(border=True):
@@ -84,7 +91,9 @@ def text_list(hits: list[dict]) -> None:
             if data:
                 left.image(data, width="stretch")
             right.markdown(hit.get("content") or "")
-            right.caption(f"{hit.get('kind')} · score {hit['score']:.2f} · {Path(hit.get('path') or '').name} · "
+            unlikely = "" if hit.get("likely", True) else "unlikely · "
+            right.caption(f"{unlikely}{hit.get('kind')} · score {hit['score']:.2f} · "
+                          f"{Path(hit.get('path') or '').name} · "
                           f"#{hit['asset_id']}" + (f" · {hit['collection']}" if hit.get("collection") else ""))
             if data and right.button("Images like this one", key=f"text-more-{hit['id']}",
                                      icon=":material/image_search:"):
@@ -134,15 +143,14 @@ if colls is not None:
     if query:
         signature = (repr(query)[:200], collection, repr(filters), synthetic, collapse, size, mode, target)
         if S.get("signature") != signature:
-            S["signature"], S["offset"], S["show_weak"] = signature, 0, False
+            S["signature"], S["offset"] = signature, 0
         offset = S.get("offset", 0)
         describe(query)
         try:
             with st.spinner("Searching..."):
                 result = client().search(**query, collection=collection, k=size + 1, offset=offset,
                                          filters=filters, include_synthetic=synthetic, collapse=collapse,
-                                         mode=mode, target=target,
-                                         min_relevance=0.0 if S.get("show_weak") else None)
+                                         mode=mode, target=target)
         except ClientError as e:
             st.error(f"The search failed: {e}")
         else:
@@ -150,21 +158,19 @@ if colls is not None:
             S["last_hits"] = hits[:size]
             for note in result.get("notes") or []:
                 st.caption(note)
-            if result.get("no_match"):
+            if result.get("no_match") and not offset:
                 no_match(query, bool(filters))
-                if hits:
-                    st.caption("The closest results, all weak matches:")
-                elif result.get("best_score") is not None and st.button(
-                        f"Show the closest anyway (best score {result['best_score']:.2f}, a likely match needs "
-                        f"{result.get('threshold', 0):.2f})", key="show_weak_button"):
-                    S["show_weak"] = True
-                    st.rerun()
             elif not hits and offset:
                 st.info("No more results: this is past the last page.")
-            if target == "texts":
-                text_list(hits[:size])
-            else:
-                hit_grid(hits[:size], key="hit", on_more=more_like)
+            page = hits[:size]
+            above, below = [h for h in page if h.get("likely")], [h for h in page if not h.get("likely")]
+            show = text_list if target == "texts" else lambda hs, key: hit_grid(hs, key=key, on_more=more_like)
+            show(above, key="hit")
+            if below:  # below the line: still listed, ranked, and marked as unlikely
+                st.divider()
+                st.caption(f"**Below the line: unlikely matches** (a likely match scores at least "
+                           f"{result.get('threshold', 0):.2f})")
+                show(below, key="hit")
             if offset or len(hits) > size:
                 pager(offset, size, has_next=len(hits) > size)
     else:
