@@ -191,6 +191,11 @@ def _serve_demo(svc) -> None:
     key = create_api_key(svc, "demo", {"*": "write"})
     svc.close()  # hand the embedded vector store over to the API and UI processes
     launcher = Launcher(svc.settings)
+    # the UI goes through the demo's API (one engine, answer-ready before the URLs print, as in production); its
+    # folder ingest reads the user's home unless OMNIBRIDGE_LIBRARY_ROOTS says otherwise (the data dir never)
+    roots = os.pathsep.join(map(str, svc.settings.library_roots)) or str(Path.home())
+    launcher.env.update({"OMNIBRIDGE_API_URL": launcher.urls["api"], "OMNIBRIDGE_API_KEY": key,
+                         "OMNIBRIDGE_LIBRARY_ROOTS": roots})
     typer.echo("starting the API and the UI (logs in " + str(svc.settings.home / "logs") + ") ...")
     try:
         launcher.start()
@@ -198,7 +203,7 @@ def _serve_demo(svc) -> None:
         _fail(str(e))
     urls = launcher.urls
     typer.secho("\nOmniBridge Search is running on the collection 'samples' (Ctrl-C stops it):", bold=True)
-    typer.echo(f"  UI   {urls['ui']}")
+    typer.echo(f"  UI   {urls['ui']}  (through the API; folders it may index: {roots})")
     typer.echo(f"  API  {urls['api']}  (OpenAPI docs at {urls['api']}/docs)")
     typer.echo(f"       key with write access to every collection: {key}")
     typer.echo(f"       curl -H 'X-API-Key: {key}' -H 'Content-Type: application/json' "

@@ -88,7 +88,8 @@ def test_demo_indexes_the_sample_then_serves_until_sigterm(tmp_path):
             lines.append(line)
         out = "".join(lines)
         assert "0 photos indexed, 21 unchanged" in out  # the second run reuses the index
-        assert f"  UI   http://127.0.0.1:{ui_port}\n" in out and f"  API  http://127.0.0.1:{api_port}" in out
+        assert f"  UI   http://127.0.0.1:{ui_port}  (through the API" in out and f"  API  http://127.0.0.1:{api_port}" in out
+        assert httpx.get(f"http://127.0.0.1:{api_port}/answer/status").status_code == 200  # answer-ready already
         key = out.split("key with write access to every collection: ")[1].split()[0]
         assert httpx.get(f"http://127.0.0.1:{ui_port}/_stcore/health").text == "ok"
         hits = httpx.post(f"http://127.0.0.1:{api_port}/search", headers={"X-API-Key": key}, timeout=60,
