@@ -11,6 +11,14 @@ Sources (all from package registries; nothing else is downloaded):
                   (Twemoji art, CC-BY-4.0); the packages' own code and metadata are MIT. Apple art
                   is left out: its README says it is not licensed for commercial use.
   skimage-photos  engine.samples.write_photo_sample (scikit-image's bundled CC0/public-domain photos)
+  tuxpaint        Debian tuxpaint-stamps-default (GPL-2+): ~560 cut-out photos and drawings of real objects with
+                  one-line descriptions and their translations; test.jsonl (English) and test_{de,fr,es}.jsonl.
+                  EVALUATION ONLY: nothing is trained or tuned on it (held out for the real-object goal of issue 12).
+  openclipart     Debian openclipart-png (public domain): ~8,100 clipart PNGs; caption = the file name's English
+                  words (WordNet lemmas; author names and Italian titles mostly drop out). Training/exemplar data.
+
+The two Debian sets need `apt-get install tuxpaint-stamps-default openclipart-png wordnet-base` (`make bench-data`
+does it when run as root); without them those two sets are skipped with a note.
 """
 
 from __future__ import annotations
@@ -21,6 +29,7 @@ import shutil
 import subprocess
 import sys
 import tarfile
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -154,6 +163,111 @@ def write_emoji(dest: Path, cache: Path = DEFAULT_CACHE) -> None:
         _write_jsonl(dest / jsonl, rows)
 
 
+TUXPAINT_DIR = Path("/usr/share/tuxpaint/stamps")
+TUXPAINT_SKIP = ("symbols",)  # letters, digits, shapes and coins: not real objects
+LANGUAGES = ("de", "fr", "es")
+OPENCLIPART_DIR = Path("/usr/share/openclipart/png")
+WORDNET_DIR = Path("/usr/share/wordnet")
+MAX_SIDE = 256  # stamps and clipart are re-saved at most this large: the encoders see 224 px
+
+
+def _flatten(src: Path, dst: Path) -> None:
+    """RGB over white, longest side <= MAX_SIDE, unless `dst` is already there."""
+    if dst.exists():
+        return
+    with Image.open(src) as image:
+        image = image.convert("RGBA")
+        image.thumbnail((MAX_SIDE, MAX_SIDE), Image.Resampling.LANCZOS)
+        canvas = Image.new("RGB", image.size, "white")
+        canvas.paste(image, mask=image.getchannel("A"))
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        canvas.save(dst)
+
+
+def read_stamp_text(path: Path) -> dict[str, str]:
+    """A Tux Paint stamp description file -> {"en": first line, "de": ..., ...} for the languages it has."""
+    lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
+    out = {"en": lines[0].strip()} if lines and lines[0].strip() else {}
+    for line in lines[1:]:
+        key, sep, text = line.partition("=")
+        lang = key.split(".")[0]
+        if sep and lang in LANGUAGES and text.strip():
+            out.setdefault(lang, text.strip())
+    return out
+
+
+def write_tuxpaint(dest: Path, source: Path = TUXPAINT_DIR) -> None:
+    """Tux Paint's stamps with a description: test.jsonl (English) and test_<lang>.jsonl over the same images (only
+    the stamps translated into that language)."""
+    dest = Path(dest)
+    rows: dict[str, list[dict]] = {lang: [] for lang in ("en", *LANGUAGES)}
+    for png in sorted(source.rglob("*.png")):
+        rel = png.relative_to(source)
+        text = png.with_suffix(".txt")
+        if rel.parts[0] in TUXPAINT_SKIP or not text.is_file():
+            continue
+        texts = read_stamp_text(text)
+        if "en" not in texts:
+            continue
+        image = f"images/{rel.with_suffix('.png').as_posix().replace('/', '__')}"
+        _flatten(png, dest / image)
+        for lang, caption in texts.items():
+            rows[lang].append({"image": image, "caption": caption, "id": rel.with_suffix("").as_posix()})
+    for lang, part in rows.items():
+        _write_jsonl(dest / ("test.jsonl" if lang == "en" else f"test_{lang}.jsonl"), part)
+
+
+@lru_cache(maxsize=1)
+def wordnet_lemmas(folder: Path = WORDNET_DIR) -> frozenset[str]:
+    """Every single-word English lemma of WordNet 3.0 (nouns, adjectives, verbs), lower-case."""
+    words = set()
+    for pos in ("noun", "adj", "verb"):
+        for line in (folder / f"index.{pos}").open(encoding="utf-8"):
+            if not line.startswith(" "):
+                word = line.split(" ", 1)[0]
+                if "_" not in word:
+                    words.add(word)
+    return frozenset(words)
+
+
+# words of openclipart file names that are WordNet lemmas but here name an author or nothing
+CLIPART_NOISE = {"png", "bw", "dan", "mark", "anton", "john", "architetto", "francesco", "rose", "gerald", "sam",
+                 "jasper", "van", "de", "le", "la", "des", "il", "di", "del", "da", "and", "or", "the", "of", "with"}
+
+
+def clipart_caption(path: Path) -> str:
+    """'food/apple_bitten_dan_gerhard_01.png' -> 'apple bitten': the file name's leading English words."""
+    words = []
+    stem = path.stem.lower().replace("-", "_")
+    for token in stem.split("_"):
+        if not token or token.isdigit():
+            continue
+        if token in CLIPART_NOISE or token not in wordnet_lemmas():
+            if words:  # the author's name follows the title: stop at the first non-word after one
+                break
+            continue
+        words.append(token)
+    return " ".join(words[:4])
+
+
+def write_openclipart(dest: Path, source: Path = OPENCLIPART_DIR) -> None:
+    """openclipart's PNGs with an English caption from the file name: train.jsonl (id = path in the package)."""
+    dest = Path(dest)
+    rows = []
+    for png in sorted(source.rglob("*.png")):
+        caption = clipart_caption(png)
+        if not caption:
+            continue
+        rel = png.relative_to(source).as_posix()
+        image = f"images/{rel.replace('/', '__')}"
+        try:
+            _flatten(png, dest / image)
+        except (OSError, ValueError, Image.DecompressionBombError):  # a few files are truncated or huge
+            continue
+        rows.append({"image": image, "caption": caption, "id": rel})
+    _write_jsonl(dest / "train.jsonl", rows)
+
+
 def write_all(root: Path) -> None:
     from engine.samples import photo_sample_dir, write_photo_sample
 
@@ -163,6 +277,12 @@ def write_all(root: Path) -> None:
     write_mnist(root / "mnist")
     write_sklearn_digits(root / "sklearn-digits")
     write_emoji(root / "emoji")
+    for name, folder, write in (("tuxpaint", TUXPAINT_DIR, write_tuxpaint), ("openclipart", OPENCLIPART_DIR,
+                                                                             write_openclipart)):
+        if folder.is_dir() and WORDNET_DIR.is_dir():
+            write(root / name)
+        else:
+            print(f"skipped {name}: needs `apt-get install tuxpaint-stamps-default openclipart-png wordnet-base`")
 
 
 if __name__ == "__main__":
