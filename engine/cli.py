@@ -29,7 +29,7 @@ def _startup() -> None:
     hf_logging.disable_progress_bar()
 
 
-ModelOpt = Annotated[Optional[str], typer.Option("--model", help="'default', 'bridge' or a checkpoint folder [env OMNIBRIDGE_MODEL]")]
+ModelOpt = Annotated[Optional[str], typer.Option("--model", help="'default', 'bridge', clip:MODEL, siglip:MODEL or a checkpoint folder [env OMNIBRIDGE_MODEL]")]
 
 
 def _fail(message: str) -> None:

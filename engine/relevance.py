@@ -27,10 +27,13 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+
+from omnibridge.checkpoint import parse_preset
 
 log = logging.getLogger(__name__)
 
@@ -42,10 +45,12 @@ KINDS = ("text", "image")
 
 
 def calibration_path(model: str) -> Path:
-    """Where a model's calibration lives: engine/calibration/<name>.json for the built-in models, else
-    calibration.json in the checkpoint folder."""
+    """Where a model's calibration lives: engine/calibration/<name>.json for the built-in models and the zero-shot
+    presets, else calibration.json in the checkpoint folder."""
     if model in ("default", "bridge"):
         return CALIBRATION_DIR / f"{model}.json"
+    if parse_preset(model):  # a zero-shot preset (clip:ID, siglip:ID): engine/calibration/clip-openai-....json
+        return CALIBRATION_DIR / f"{re.sub(r'[^a-z0-9]+', '-', model.lower()).strip('-')}.json"
     return Path(model) / "calibration.json"
 
 

@@ -28,7 +28,7 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix=PREFIX, extra="ignore")
 
     home: Path = Field(default=Path.home() / ".omnibridge", description="data directory")
-    model: str = Field(default="default", description="'default', 'bridge' or a checkpoint folder")
+    model: str = Field(default="default", description="'default', 'bridge', 'clip:MODEL' / 'siglip:MODEL' (zero-shot, hub id or folder) or a checkpoint folder")
     device: str | None = Field(default=None, description="'cpu', 'cuda' or 'cuda:N'; empty = GPU when present")
     database_url: str | None = Field(default=None, description="SQLAlchemy URL; empty = SQLite file in the home")
     broker_url: str = Field(default=EMBEDDED, description="'embedded' (SQLite broker, in-process worker) or redis://...")

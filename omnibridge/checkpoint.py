@@ -27,6 +27,31 @@ BUILTIN = {
     "bridge": "the untrained zero-shot bridge (class-name ensemble + colour mode)",
     "bridge-baseline": "the zero-shot bridge as documented in OFFLINE_MODELS.md, for comparison",
 }
+# Zero-shot presets: 'clip:MODEL' or 'siglip:MODEL' (a hub id or a local folder) used as they are, with no aligner
+# training: their vectors are the checkpoint's own image-text space.
+PRESETS = ("clip", "siglip")
+
+
+def parse_preset(name: str) -> tuple[str, str] | None:
+    """'clip:openai/clip-vit-base-patch32' -> ("clip", "openai/clip-vit-base-patch32"); None for other names."""
+    kind, sep, model = str(name).partition(":")
+    if not sep or kind not in PRESETS:
+        return None
+    if not model:
+        raise ValueError(f"model {name!r} names no checkpoint; use {kind}:HUB_ID or {kind}:FOLDER, "
+                         f"e.g. clip:openai/clip-vit-base-patch32")
+    return kind, model
+
+
+def load_preset(name: str, backbone: Backbone | None = None, device=None) -> RetrievalModel:
+    """A zero-shot CLIP or SigLIP model (see PRESETS): its own space, no aligner weights (blend untrained)."""
+    kind, model = parse_preset(name)
+    backbone = backbone or build_backbone({"name": "clip", "model": model}, device=device)
+    have = "siglip" if getattr(backbone, "siglip", False) else "clip"
+    if have != kind:
+        raise ValueError(f"model {name!r} asks for a {kind} checkpoint but {model!r} is a {have} model; "
+                         f"use {have}:{model}")
+    return create_model("bundled-small", backbone)
 
 
 def save_checkpoint(model: RetrievalModel, out: str | Path, extra: dict | None = None) -> Path:
@@ -74,7 +99,10 @@ def check_backbone(config: dict, backbone: Backbone, where: str) -> None:
 
 
 def load_model(name_or_path: str | Path = "default", backbone: Backbone | None = None, device=None) -> RetrievalModel:
-    """A ready retrieval model: 'default', 'bridge', or a checkpoint folder written by `omnibridge align`."""
+    """A ready retrieval model: 'default', 'bridge', 'clip:MODEL' / 'siglip:MODEL' (zero-shot presets), or a
+    checkpoint folder written by `omnibridge align`."""
+    if parse_preset(str(name_or_path)):
+        return load_preset(str(name_or_path), backbone, device)
     if str(name_or_path) in ("bridge", "bridge-baseline"):
         spec = {"name": "bundled"} if str(name_or_path) == "bridge" else {"name": "bundled", "top_k": 10,
                                                                           "colour_weight": 0.0, "naming": "baseline"}
@@ -84,7 +112,8 @@ def load_model(name_or_path: str | Path = "default", backbone: Backbone | None =
         raise ValueError(f"the default model is missing from this install ({path}); rebuild it with "
                          "`python bench/default_model.py DATA` or use --model bridge")
     if not path.exists():
-        raise ValueError(f"model {str(name_or_path)!r} not found: pass a checkpoint folder or one of {sorted(BUILTIN)}")
+        raise ValueError(f"model {str(name_or_path)!r} not found: pass a checkpoint folder, clip:MODEL, siglip:MODEL "
+                         f"or one of {sorted(BUILTIN)}")
     config = read_checkpoint_config(path)
     backbone = backbone or build_backbone(config["backbone"], device=device)
     check_backbone(config, backbone, str(path))

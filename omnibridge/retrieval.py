@@ -85,15 +85,24 @@ class RetrievalModel:
         return arrays[0] if isinstance(role, str) else tuple(arrays)
 
     # -- features -> vectors ------------------------------------------------------------------------
+    @property
+    def zero_shot(self) -> bool:
+        """True when the vectors are the backbone's zero-shot space alone (untrained aligner: every g is 0)."""
+        return self.has_shared and not self.blend.trained
+
     @torch.no_grad()
     def image_vectors(self, f: Features, role: Role) -> torch.Tensor:
-        e = self.aligner.encode_image(f.states.float(), f.mask)["embeds"]  # b e
-        return self._assemble(f, e, "image", role)
+        e = self._skipped(f) if self.zero_shot else self.aligner.encode_image(f.states.float(), f.mask)["embeds"]
+        return self._assemble(f, e, "image", role)  # b e above
 
     @torch.no_grad()
     def text_vectors(self, f: Features, role: Role) -> torch.Tensor:
-        e = self.aligner.encode_text(f.states.float(), f.mask)["embeds"]  # b e
+        e = self._skipped(f) if self.zero_shot else self.aligner.encode_text(f.states.float(), f.mask)["embeds"]
         return self._assemble(f, e, "text", role)
+
+    def _skipped(self, f: Features) -> torch.Tensor:
+        """The aligner's output when it would be multiplied by g = 0: zeros, b e (not computed)."""
+        return torch.zeros(len(f.states), self.aligner.cfg.embed_dim, device=f.states.device)
 
     def _assemble(self, f: Features, e: torch.Tensor, modality: str, role: Role) -> torch.Tensor:
         if not self.has_shared:
