@@ -162,6 +162,7 @@ def scan(svc: Services, job_id: int) -> list[int]:
         db.commit()
         items, roots = read_source(job.options["paths"])
         refused = [r for r in job.options.get("refused", []) if r.get("stage") != "scan"]
+        present = {str(i.path) for i in items}  # a refused link is not a deleted file: its asset stays
         items, escaped = _confined(items, job.options.get("confine"))
         refused += escaped
         cid = job.collection_id
@@ -213,7 +214,7 @@ def scan(svc: Services, job_id: int) -> list[int]:
                 by_sha[sha] = asset
             db.flush()
             _attach_captions(db, asset, item.captions, item.tags)
-        removed = _remove_missing(svc, db, cid, roots, {str(i.path) for i in items})
+        removed = _remove_missing(svc, db, cid, roots, present)
         pending = list(db.scalars(select(Asset.id).where(Asset.collection_id == cid, Asset.status == "pending")
                                   .order_by(Asset.id)))
         db.execute(update(Asset).where(Asset.collection_id == cid, Asset.status == "pending").values(job_id=job_id))
