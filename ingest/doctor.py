@@ -180,21 +180,23 @@ def _reembed(svc: Services, assets: dict[int, list[int]]) -> list[dict]:
 
 
 def _rescan(svc: Services) -> list[dict]:
-    """Scan each collection's folders again (incremental: unchanged files are skipped)."""
-    from engine.access import collection_sources, upload_folder
+    """Run each collection's sources again as they were given (folders, PAIRS.jsonl, files; not generated images),
+    plus its upload folder: incremental, so unchanged files are skipped and files the database forgot come back."""
+    from engine.access import upload_folder
 
-    out = []
+    plans = []
     with svc.session() as db:
-        plans = []
         for coll in db.scalars(select(Collection).order_by(Collection.name)):
-            folders = [p for p in collection_sources(db, coll) + [upload_folder(svc.settings, coll.name)]
-                       if p.is_dir()]
-            folders = [p for p in folders if not any(p != q and p.is_relative_to(q) for q in folders)]
-            if folders:
-                plans.append((coll.name, [str(p) for p in folders]))
-    for name, folders in plans:
-        out.append(pipeline.run_inline(svc, folders, name))
-    return out
+            sources: dict[str, None] = {}
+            for options in db.scalars(select(Job.options).where(Job.collection_id == coll.id).order_by(Job.id)):
+                if options and not options.get("synthetic"):
+                    sources.update(dict.fromkeys(p for p in options.get("paths", []) if Path(p).exists()))
+            uploads = upload_folder(svc.settings, coll.name)
+            if uploads.is_dir():
+                sources[str(uploads)] = None
+            if sources:
+                plans.append((coll.name, list(sources)))
+    return [pipeline.run_inline(svc, paths, name) for name, paths in plans]
 
 
 def quick_check(svc: Services) -> dict:
