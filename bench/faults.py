@@ -203,19 +203,24 @@ def _indexed(work: Path, lib: Path, n: int) -> Path:
     return home
 
 
+def _doctor_repair(home: Path, n: int) -> tuple[str, int, float]:
+    """Run the documented fix; (recovery, files lost, seconds)."""
+    t0 = time.monotonic()
+    repair = cli(home, "doctor", "--repair")
+    seconds = time.monotonic() - t0
+    found = indexed_in_store(home)
+    ok = repair.returncode == 0 and len(found) == n and cli(home, "doctor").returncode == 0
+    return ("`omnibridge doctor --repair`" if ok else "NOT recovered"), n - len(found), seconds
+
+
 def vector_folder_deleted(work: Path, lib: Path, n: int) -> dict:
     home = _indexed(work, lib, n)
     shutil.rmtree(home / "qdrant")
     status = cli(home, "status")
     noticed = "doctor --repair" in status.stderr
     skipped = json.loads(cli(home, "ingest", str(lib), "--collection", "lib", "--json").stdout)["skipped"]
-    t0 = time.monotonic()
-    repair = cli(home, "doctor", "--repair")
-    seconds = time.monotonic() - t0
-    found = indexed_in_store(home)
-    ok = repair.returncode == 0 and len(found) == n and cli(home, "doctor").returncode == 0
-    return row("vector-folder-deleted", "status warns" if noticed else "NOT noticed",
-               "`omnibridge doctor --repair`" if ok else "NOT recovered", n - len(found), seconds,
+    recovery, lost, seconds = _doctor_repair(home, n)
+    return row("vector-folder-deleted", "status warns" if noticed else "NOT noticed", recovery, lost, seconds,
                f"a plain re-ingest skips {skipped} unchanged files")
 
 
@@ -232,13 +237,8 @@ def vector_files_garbled(work: Path, lib: Path, n: int) -> dict:
                                                 for h in json.loads(search.stdout)["hits"])
     check = cli(home, "doctor")
     noticed = ("doctor --repair" in search.stderr or check.returncode == 1) and not impossible
-    t0 = time.monotonic()
-    repair = cli(home, "doctor", "--repair")
-    seconds = time.monotonic() - t0
-    found = indexed_in_store(home)
-    ok = repair.returncode == 0 and len(found) == n and cli(home, "doctor").returncode == 0
-    return row("vector-files-garbled", "doctor reports it" if noticed else "NOT noticed",
-               "`omnibridge doctor --repair`" if ok else "NOT recovered", n - len(found), seconds,
+    recovery, lost, seconds = _doctor_repair(home, n)
+    return row("vector-files-garbled", "doctor reports it" if noticed else "NOT noticed", recovery, lost, seconds,
                "search refused impossible scores" if "doctor --repair" in search.stderr else "")
 
 

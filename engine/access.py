@@ -105,18 +105,21 @@ def check_ingest_paths(db, settings: Settings, collection: str, raw_paths: list[
     return out
 
 
+def serving_roots(db, settings: Settings, coll: Collection) -> list[Path]:
+    """The folders (and files) a collection's files may be served from: its upload folder and its sources."""
+    return [upload_folder(settings, coll.name)] + collection_sources(db, coll)
+
+
+def may_serve(path: Path, roots: list[Path]) -> bool:
+    """Whether a resolved file lies inside (or is) one of `roots` (see `serving_roots`)."""
+    return any(path.is_relative_to(root) for root in roots)
+
+
 def served_file(db, settings: Settings, uri: str, coll: Collection) -> Path | None:
     """The asset's file if it may be served (inside a source of its own collection, symlinks resolved), else None.
     FileNotFoundError when it is gone."""
     path = Path(uri).resolve(strict=True)
-    if not path.is_file():
-        return None
-    quick = [upload_folder(settings, coll.name), Path(coll.root).resolve()]  # most files: no job list needed
-    if any(path.is_relative_to(src) for src in quick):
-        return path
-    if any(path == src or path.is_relative_to(src) for src in collection_sources(db, coll)):
-        return path
-    return None
+    return path if path.is_file() and may_serve(path, serving_roots(db, settings, coll)) else None
 
 
 def shown_path(path: str | None, bases: list[Path]) -> str | None:

@@ -20,7 +20,7 @@ from typing import BinaryIO
 import numpy as np
 from sqlalchemy import func, select
 
-from .access import check_ingest_paths, collection_sources, served_file, upload_folder
+from .access import check_ingest_paths, may_serve, served_file, serving_roots
 from .db import Asset, Collection, GeneratedAsset, Text, Vector
 
 COLLECTION_NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"  # also a safe folder name (uploads go to media/uploads/NAME)
@@ -219,7 +219,7 @@ class CatalogMixin:
         xy, explained = _pca2([vectors[r[4]] for r in rows])
         with self.svc.session() as db:  # a picture only for files the collection may serve (engine.access)
             coll = db.get(Collection, coll.id)
-            sources = collection_sources(db, coll) + [upload_folder(self.svc.settings, coll.name)]
+            sources = serving_roots(db, self.svc.settings, coll)
         points = [{"id": aid, "x": float(x), "y": float(y), "caption": captions.get(aid) or Path(uri).stem,
                    "path": uri, "near_dup_group": group or aid, "synthetic": bool(synthetic),
                    "thumbnail": _data_url(uri, thumb_size, self.svc.settings.max_image_pixels, sources)}
@@ -248,7 +248,7 @@ def _data_url(path: str, size: int, max_pixels: int, sources: list[Path]) -> str
 
     try:
         real = Path(path).resolve(strict=True)
-        if not any(real == src or real.is_relative_to(src) for src in sources):
+        if not may_serve(real, sources):
             return None  # e.g. a symlink out of the collection's folders: drawn without a picture, as /thumbnail
         return "data:image/jpeg;base64," + base64.b64encode(thumbnail_jpeg(path, size, max_pixels, 80)).decode()
     except (OSError, ValueError):  # the file is gone or unreadable: the point is drawn without a picture

@@ -21,6 +21,7 @@ from pathlib import Path
 
 from filelock import FileLock, Timeout
 
+from engine.edge_store import EdgeStore
 from engine.settings import Settings
 
 DB_FILE = "omnibridge.db"
@@ -101,8 +102,6 @@ def restore(settings: Settings, src: Path) -> Path:
 
 def _readable_store(folder: Path) -> bool:
     """Whether the current vector store opens: then it is kept (it knows files indexed after the backup)."""
-    from engine.edge_store import EdgeStore
-
     if not folder.is_dir():
         return False
     store = EdgeStore(folder)

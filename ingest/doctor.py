@@ -19,8 +19,9 @@ import time
 from pathlib import Path
 
 import numpy as np
-from sqlalchemy import delete, select, update
+from sqlalchemy import delete, func, select, update
 
+from engine.access import upload_folder
 from engine.db import Asset, Collection, Job, Model, Vector, utcnow
 from engine.services import Services, model_identity, space_name
 from engine.vectors import StoreDamaged
@@ -182,8 +183,6 @@ def _reembed(svc: Services, assets: dict[int, list[int]]) -> list[dict]:
 def _rescan(svc: Services) -> list[dict]:
     """Run each collection's sources again as they were given (folders, PAIRS.jsonl, files; not generated images),
     plus its upload folder: incremental, so unchanged files are skipped and files the database forgot come back."""
-    from engine.access import upload_folder
-
     plans = []
     with svc.session() as db:
         for coll in db.scalars(select(Collection).order_by(Collection.name)):
@@ -202,8 +201,6 @@ def _rescan(svc: Services) -> list[dict]:
 def quick_check(svc: Services) -> dict:
     """Cheap enough for /health and `status`: {"database": "ok" | why, "store": "ok" | why, "spaces": {space:
     {"sql": n, "store": m}}, "problem": one line or None}. Counts only; `check` looks point by point."""
-    from sqlalchemy import func
-
     out: dict = {"database": "ok", "store": "ok", "spaces": {}, "problem": None}
     try:
         with svc.session() as db:

@@ -519,6 +519,11 @@ def claim(svc: Services, job_id: int, seen_updated_at) -> bool:
         return n == 1
 
 
+def take_stalled(svc: Services, stale_seconds: float, statuses: tuple[str, ...] = UNFINISHED) -> list[int]:
+    """Claim every job stalled for `stale_seconds` (`stalled_jobs`, `claim`): the ids this process now owns."""
+    return [job_id for job_id, seen in stalled_jobs(svc, stale_seconds, statuses) if claim(svc, job_id, seen)]
+
+
 class Heartbeat:
     """Touches `jobs.updated_at` of the jobs this process holds, every `interval` seconds, on a daemon thread, so
     other processes can tell a job in progress from one whose owner died (`stalled_jobs`)."""

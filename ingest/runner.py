@@ -62,12 +62,10 @@ class IngestRunner:
 
     def sweep(self) -> list[int]:
         """Claim and resume the jobs whose owner died; returns their ids (embedded broker only)."""
-        taken = []
-        for job_id, seen in pipeline.stalled_jobs(self.svc, self.stale):
-            if pipeline.claim(self.svc, job_id, seen):
-                log.warning("resuming ingest job %s: no process has worked on it for %g s", job_id, self.stale)
-                self._submit(job_id, pipeline.resume_job)
-                taken.append(job_id)
+        taken = pipeline.take_stalled(self.svc, self.stale)
+        for job_id in taken:
+            log.warning("resuming ingest job %s: no process has worked on it for %g s", job_id, self.stale)
+            self._submit(job_id, pipeline.resume_job)
         return taken
 
     def start_recovery(self) -> None:

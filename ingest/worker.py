@@ -144,13 +144,10 @@ def sweep() -> list[int]:
     stale = svc.settings.job_stale_seconds
     taken = []
     for statuses, factor in ((("scanning", "running", "finalizing"), 4), (("queued",), 10)):
-        for job_id, seen in pipeline.stalled_jobs(svc, stale * factor, statuses):
-            if not pipeline.claim(svc, job_id, seen):
-                continue  # another worker took it
+        for job_id in pipeline.take_stalled(svc, stale * factor, statuses):  # another worker may take some first
             taken.append(job_id)
             log.warning("re-queueing stalled ingest job %s", job_id)
-            rescan, work, finalize = pipeline.pending_work(svc, job_id)
-            _queue(svc, rescan, work, finalize)
+            _queue(svc, *pipeline.pending_work(svc, job_id))
     return taken
 
 

@@ -103,7 +103,7 @@ def test_a_live_runner_picks_up_a_job_whose_owner_died(tmp_path, model):  # noqa
     runner = IngestRunner(svc)
     try:
         assert runner.sweep() == []  # fresh: maybe its owner is only busy
-        time.sleep(1.2)
+        time.sleep(1.2)  # past job_stale_seconds (1 s): now the dead owner's job counts as stalled
         runner.start_recovery()
         deadline = time.monotonic() + 120
         while pipeline.job_summary(svc, job_id)["status"] != "done":
