@@ -107,4 +107,5 @@ def test_ingest_a_folder_then_find_the_expected_photo(browser, ui_url, tmp_path)
         wait.until(lambda d: "coffee.png" in first_hit(d))
     finally:
         browser.save_screenshot(str(ARTIFACTS / "ui-search.png"))
-    assert browser.find_elements(By.CSS_SELECTOR, "[data-testid='stImage'] img")  # its thumbnail is drawn
+    # its thumbnail is drawn (it may arrive a moment after the caption: wait for it, fail if it never comes)
+    assert wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "[data-testid='stImage'] img"))
